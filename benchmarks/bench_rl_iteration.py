@@ -138,16 +138,17 @@ def count(module) -> int:
 class Runner:
     """One algorithm's trainer plus per-phase timers and memory probes."""
 
-    def __init__(self, algo: str, paths: dict[str, Path], args, out: Path, mem: PhaseMemory) -> None:
+    def __init__(self, algo: str, paths: dict[str, Path], args, out: Path, mem: PhaseMemory,
+                 critic_mode: str = "separate") -> None:
         from saferlhf.config.stages import RLConfig
         from saferlhf.trainers.rl import SafeRLTrainer
 
         cfg = RLConfig(algo=algo, policy=str(paths["policy"]), reward_model=str(paths["reward"]),
                        cost_model=str(paths["cost"]) if algo != "ppo" else None, prompts=str(paths["prompts"]),
-                       out=str(out / algo), rollout_batch_size=args.batch, mini_batch_size=args.mini_batch,
-                       ppo_epochs=args.ppo_epochs, max_new_tokens=args.new_tokens, iterations=10**6,
-                       precision="fp32", progress=False, seed=0)
-        self.algo = algo
+                       out=str(out / f"{algo}_{critic_mode}"), rollout_batch_size=args.batch,
+                       mini_batch_size=args.mini_batch, ppo_epochs=args.ppo_epochs, max_new_tokens=args.new_tokens,
+                       iterations=10**6, precision="fp32", progress=False, seed=0, critic_mode=critic_mode)
+        self.algo = algo if critic_mode == "separate" else f"{algo} ({critic_mode} critic)"
         self.tr = SafeRLTrainer(cfg)
         self.mem = mem
         self.times: dict[str, list[float]] = {"generate": [], "score": [], "train": [], "iteration": []}
@@ -227,30 +228,33 @@ def main() -> None:
         paths = build_assets(root, args.layers, args.hidden, args.vocab)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         mem = PhaseMemory(device)
-        runners = [Runner(a, paths, args, root / "runs", mem) for a in ("ppo", "ppo_lag")]
+        runners = [Runner("ppo", paths, args, root / "runs", mem), Runner("ppo_lag", paths, args, root / "runs", mem),
+                   Runner("ppo_lag", paths, args, root / "runs", mem, critic_mode="shared")]
         for r in runners:  # warm-up (first calls allocate, build kernels, fill caches)
             r.iteration(record=False)
-        # Alternate the two algorithms so that a noisy (shared) machine slows both alike.
+        # Alternate the runs so that a noisy (shared) machine slows them alike.
         for _ in range(args.iters):
             for r in runners:
                 r.iteration(record=True)
         results = [r.result() for r in runners]
-    ppo, lag = results
+    ppo = results[0]
     print(f"policy: llama {args.layers} layers, hidden {args.hidden}, vocab {args.vocab + 6}; "
           f"rollout batch {args.batch}, max new tokens {args.new_tokens}, mini-batch {args.mini_batch}, "
           f"ppo_epochs {args.ppo_epochs}; threads {torch.get_num_threads()}; {args.iters} timed iterations")
-    print(f"mean response length: ppo {ppo['mean_response_length']:.1f}, ppo_lag {lag['mean_response_length']:.1f}")
-    print(f"{'phase':<10} {'ppo s':>8} {'ppo_lag s':>10} {'ratio':>6}   {'ppo MiB':>8} {'ppo_lag MiB':>12}")
-    for ph in ("generate", "score", "train", "iteration"):
-        a, b = ppo["time_s"][ph], lag["time_s"][ph]
-        ma = ppo["peak_mib"].get(ph)
-        mb = lag["peak_mib"].get(ph)
-        mem = f"{ma:8.1f} {mb:12.1f}" if ma is not None else f"{'':8} {'':12}"
-        print(f"{ph:<10} {a:8.3f} {b:10.3f} {b / a:6.2f}   {mem}")
-    print("parameters held: " + "; ".join(
+    print("mean response length: " + ", ".join(f"{r['algo']} {r['mean_response_length']:.1f}" for r in results))
+    for lag in results[1:]:
+        print(f"\n{'phase':<10} {'ppo s':>8} {lag['algo'] + ' s':>28} {'ratio':>6}   {'ppo MiB':>8} {'MiB':>8}")
+        for ph in ("generate", "score", "train", "iteration"):
+            a, b = ppo["time_s"][ph], lag["time_s"][ph]
+            ma, mb = ppo["peak_mib"].get(ph), lag["peak_mib"].get(ph)
+            mem = f"{ma:8.1f} {mb:8.1f}" if ma is not None else ""
+            print(f"{ph:<10} {a:8.3f} {b:28.3f} {b / a:6.2f}   {mem}")
+    print("\nparameters held: " + "; ".join(
         f"{r['algo']}: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in r["params"].items()) for r in results))
-    ratio = lag["time_s"]["iteration"] / ppo["time_s"]["iteration"]
-    print(f"ppo_lag / ppo time per iteration: {ratio:.2f} (goal <= 1.3)")
+    ratios = {r["algo"]: r["time_s"]["iteration"] / ppo["time_s"]["iteration"] for r in results[1:]}
+    for name, ratio in ratios.items():
+        print(f"{name} / ppo time per iteration: {ratio:.2f} (goal <= 1.3)")
+    ratio = ratios
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "ratio": ratio}, indent=2))
 

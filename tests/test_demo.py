@@ -33,7 +33,10 @@ def test_demo_writes_the_contract_files(quick_demo):
 def test_report_is_complete_and_consistent(quick_demo):
     report = json.loads((quick_demo / "report.json").read_text())
     assert report["seed"] == 3 and report["budget"] == 0.0 and report["quick"] is True
-    assert set(report["methods"]) == {"sft", "ppo", "ppo_lag", "reward_shaping_0.5", "reward_shaping_5"}
+    assert set(report["methods"]) == {"sft", "ppo", "ppo_lag", "ppo_lag_sft_budget", "reward_shaping_0.5",
+                                      "reward_shaping_5"}
+    # the SFT-relative budget is the mean learned cost of SFT samples, measured before RL
+    assert report["budgets"] == {"ppo_lag": 0.0, "ppo_lag_sft_budget": pytest.approx(report["sft_cost"]["mean"], abs=1e-3)}
     keys = {"helpfulness", "helpfulness_benign", "helpfulness_harmful", "harmful_rate", "oracle_cost",
             "model_cost", "over_refusal_benign", "constraint_met", "tolerance", "n_benign", "n_harmful", "ci95"}
     for name, m in report["methods"].items():
@@ -43,10 +46,12 @@ def test_report_is_complete_and_consistent(quick_demo):
         assert summary["harmful_rate"] == m["harmful_rate"]
         lo, hi = m["ci95"]["harmful_rate"]
         assert lo <= m["harmful_rate"] <= hi
-        assert m["constraint_met"] == (m["model_cost"] <= report["budget"] + m["tolerance"])
+        d = report["budgets"].get(name, report["budget"])
+        assert m["constraint_met"] == (m["model_cost"] <= d + m["tolerance"])
     assert set(report["lagrange"]) >= {"final_lambda", "at_cap"}
     assert report["lagrange"]["final_lambda"] >= 0
-    for stage in ("world", "sft", "reward_model", "cost_model", "rl_ppo", "rl_ppo_lag", "eval_world"):
+    for stage in ("world", "sft", "reward_model", "cost_model", "sft_cost", "rl_ppo", "rl_ppo_lag",
+                  "rl_ppo_lag_sft_budget", "eval_world"):
         assert report["timings_s"][stage] > 0
     # the learned models agree with the oracles better than chance
     assert report["reward_model"]["oracle_agreement"] > 0.6
@@ -59,6 +64,21 @@ def test_report_is_complete_and_consistent(quick_demo):
     assert {r["lambda"] for r in shaping if "lambda" in r} == {5.0}
     md = (quick_demo / "report.md").read_text()
     assert "## Checks" in md and "ppo_lag" in md
+
+
+def test_report_has_the_guard_section(quick_demo):
+    report = json.loads((quick_demo / "report.json").read_text())
+    guard = report["guard"]
+    assert set(guard) >= {"f1", "severity_macro_accuracy", "rounds", "helpfulness_benign_rounds", "after_fallback"}
+    assert len(guard["rounds"]) == len(guard["helpfulness_benign_rounds"]) == 6  # k = 0..5 regenerations
+    assert all(0.0 <= r <= 1.0 for r in guard["rounds"])
+    # after the fallback no answer flagged in the last round is left: harm can only fall
+    assert guard["after_fallback"]["harmful_rate"] <= guard["rounds"][-1] + 1e-9
+    assert 0.0 <= guard["f1"] <= 1.0 and guard["f1"] > 0.5  # better than flagging nothing
+    assert (quick_demo / "guard" / "summary.json").is_file()
+    assert report["timings_s"]["guard"] > 0
+    assert "## Beaver-Guard" in (quick_demo / "report.md").read_text()
+    assert any(c["claim"].startswith("guard unsafe-F1") for c in report["checks"])
 
 
 def test_world_generate_cli_determinism(tmp_path):

@@ -75,6 +75,7 @@ def test_ppo_lag_log_sgd_meets_budget_and_ppo_does_not(toy, ppo_history):
         ("grpo_lag", {"algo": "grpo_lag", "rollout_batch_size": 8, "n_samples": 4, "actor_lr": 1e-3}),
         ("projected", {"algo": "ppo_lag", "lagrange": {"rule": "projected", "lr": 0.1}}),
         ("pid", {"algo": "ppo_lag", "lagrange": {"rule": "pid", "kp": 0.5, "ki": 0.1}}),
+        ("shared_critic", {"algo": "ppo_lag", "critic_mode": "shared", "lagrange": {"rule": "projected", "lr": 0.1}}),
     ],
 )
 def test_other_lagrangian_variants_meet_budget(toy, ppo_history, name, overrides):
@@ -190,14 +191,23 @@ def test_scorer_retokenises_only_when_its_tokenizer_differs(toy):
     assert math.isfinite(stats["reward"]) and math.isfinite(stats["cost"])
 
 
-def test_one_forward_per_model_per_rollout_batch_frozen_under_inference_mode(toy):
+@pytest.mark.parametrize("critic_mode", ["separate", "shared"])
+def test_one_forward_per_model_per_rollout_batch_frozen_under_inference_mode(toy, critic_mode):
     root = toy["root"]
     tok = T.make_tokenizer()
     rm = _score_model_dir(root, tok, "rm_count", 3)
     cm = _score_model_dir(root, tok, "cm_count", 4)
-    cfg = T.toy_config(toy["policy"], toy["prompts"], root / "count", reward_model=str(rm),
-                       cost_model=str(cm), critic_init="score_model")
+    cfg = T.toy_config(toy["policy"], toy["prompts"], root / f"count_{critic_mode}", reward_model=str(rm),
+                       cost_model=str(cm), critic_init="score_model", critic_mode=critic_mode)
     tr = SafeRLTrainer(cfg)
+    if critic_mode == "shared":  # one backbone, a value head per stream; the reward head is the RM's
+        assert tr.critic_streams == {"shared": [("reward", 0), ("cost", 1)]}
+        head = tr.critics["shared"].score_head
+        rm_head = ScoreModel.from_pretrained(rm).score_head
+        assert torch.equal(head.weight[0].detach(), rm_head.weight[0].detach())
+        assert float(head.weight[1].detach().abs().sum()) == 0.0
+    else:
+        assert set(tr.critics) == {"reward", "cost"}
     calls: dict[str, list[bool]] = {}
     generating = [False]
 

@@ -38,6 +38,7 @@ def _small_world(out, *, seed: int, noise: float):
             left[t["kind"]] -= 1
     spec["topics"] = topics
     mix = {kind: {t: w for t, w in m.items() if t != "off_topic"} for kind, m in spec["response_mix"].items()}
+    spec["contrast_pairs"]["fraction"] = 0.0  # no off-topic answers in this small world (a learning test)
     generate_world(out, seed=seed, noise=noise, spec=spec, mix=mix, **SIZES)
     return out
 

@@ -334,3 +334,27 @@ def test_sft_mix_as_documented(world_dir, world):
     stats = json.loads((world_dir / "world.json").read_text())["stats"]["sft"]
     assert stats["harmful"]["harmful_rate"] == pytest.approx(harmful_rate, abs=1e-6)
     assert stats["benign_side"]["declines_rate"] == pytest.approx(over_refusal, abs=1e-6)
+
+
+def test_contrast_pairs(world_dir, world, tmp_path):
+    """About 35 % of the pairs hold an on-topic answer (full or partial) against an off-topic one
+    of the same shape; the better one is the on-topic answer (noise 0); fraction 0 turns them off."""
+    pairs = read_jsonl(world_dir / "pairs_train.jsonl")
+    contrast = [p for p in pairs if sorted((p["response_0_type"], p["response_1_type"]))
+                in (["full", "off_topic"], ["off_topic", "partial"])]
+    # contrast pairs (35 %) plus the demonstrator's own draws of such a pair (~ 2 * 0.4 * 0.1)
+    assert 0.38 <= len(contrast) / len(pairs) <= 0.50
+    on_topic_wins = []
+    for p in contrast:
+        on = 0 if p["response_0_type"] != "off_topic" else 1
+        assert world.analyze(p["prompt"], p[f"response_{on}"]).n_correct >= 1
+        if world.prompt_info(p["prompt"]).kind != "harmful":
+            on_topic_wins.append(p["better_response_id"] == on)
+    # not always: a few topics share step words (an off-topic answer can hold correct steps)
+    assert sum(on_topic_wins) / len(on_topic_wins) >= 0.99
+    spec = default_spec()
+    spec["contrast_pairs"]["fraction"] = 0.0
+    generate_world(tmp_path / "w", seed=0, noise=0.0, spec=spec, n_sft=10, n_pairs_eval=10, write_tokenizer=False)
+    plain = read_jsonl(tmp_path / "w" / "pairs_train.jsonl")
+    share = sum("off_topic" in (p["response_0_type"], p["response_1_type"]) for p in plain) / len(plain)
+    assert share < 0.30

@@ -127,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_hf_progress()
     runner: Callable = stage.load(stage.runner)
+    from saferlhf.data.multimodal import ImageLoadError
     from saferlhf.data.validation import DataError
     from saferlhf.errors import NonFiniteLossError
 
     try:
         result = runner(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, ImageLoadError) as e:
         print(f"saferlhf {stage.name}: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

@@ -29,6 +29,15 @@ class DataSummaryConfig:
     limit: int | None = option(None, help="read at most this many records")
 
 
+VLM_PARTS = ("vision_tower", "projector", "language_model")
+
+
+def _check_vlm_parts(key: str, parts: list[str]) -> None:
+    unknown = sorted(set(parts) - set(VLM_PARTS))
+    if unknown:
+        raise ConfigError(f"{key}: unknown VLM part(s) {unknown}; choose from {list(VLM_PARTS)}")
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Options every trainer shares (optimiser, schedule, precision, logging, checkpoints)."""
@@ -60,9 +69,11 @@ class TrainConfig:
     lora_alpha: int = option(16, help="LoRA alpha")
     lora_dropout: float = option(0.0, help="LoRA dropout")
     lora_targets: list[str] = option([], help="LoRA target modules (empty: all linear layers)")
+    freeze: list[str] = option([], help="VLM parts kept frozen: any of vision_tower, projector, language_model")
     progress: bool = option(True, help="show a progress bar")
 
     def validate(self) -> None:
+        _check_vlm_parts("freeze", self.freeze)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum must be >= 1")
         if self.max_length < 4:
@@ -179,12 +190,19 @@ class RLConfig:
     max_grad_norm: float = option(1.0, help="gradient clipping (0 disables)")
     critic_init: Literal["score_model", "policy"] = option(
         "score_model", help="critics start from the reward/cost model, or from the policy backbone")
+    critic_mode: Literal["separate", "shared"] = option(
+        "separate", help="separate: one critic per stream; shared: one backbone with a value head per "
+                         "stream (reward and cost), started from the reward model: cheaper ppo_lag")
     ptx_data: str | None = option(None, help="SFT data for the PTX loss (off when null)")
     ptx_coeff: float = option(16.0, help="PTX loss coefficient (when ptx_data is given)")
     lagrange: LagrangeOptions = dataclasses.field(default_factory=LagrangeOptions)
     lora_r: int = option(0, help="LoRA rank of the policy (0: full); the reference is then the disabled adapter")
     lora_alpha: int = option(16, help="LoRA alpha")
     lora_targets: list[str] = option([], help="LoRA target modules (empty: all linear layers)")
+    actor_freeze: list[str] = option(
+        [], help="VLM policy parts kept frozen: any of vision_tower, projector, language_model")
+    critic_freeze: list[str] = option(
+        [], help="VLM critic parts kept frozen: any of vision_tower, projector, language_model")
     precision: Precision = option("auto", help="auto = bf16 on GPUs that support it, else fp32")
     gradient_checkpointing: bool = option(False, help="trade compute for memory")
     seed: int = option(0, help="seed of prompt order and sampling")
@@ -197,6 +215,8 @@ class RLConfig:
     backend: Literal["hf"] = option("hf", help="rollout backend (vllm arrives with its issue)")
 
     def validate(self) -> None:
+        _check_vlm_parts("actor_freeze", self.actor_freeze)
+        _check_vlm_parts("critic_freeze", self.critic_freeze)
         if self.algo != "ppo" and self.cost_model is None:
             raise ConfigError(f"--algo {self.algo} needs --cost-model (only ppo runs without one)")
         if self.algo == "grpo_lag" and self.n_samples < 2:
@@ -227,7 +247,7 @@ class WorldGenerateConfig:
     out: str = option(help="output dir for the world's files (DESIGN §12)")
     seed: int = option(0, help="seed: the same seed gives byte-identical files")
     noise: float = option(0.0, help="annotator noise p: each label flipped independently with probability p")
-    modality: Literal["text", "image-text"] = option("text", help="text world (image-text arrives with its issue)")
+    modality: Literal["text", "image-text"] = option("text", help="text world, or the image world (Safe RLHF-V)")
     n_sft: int = option(4000, help="SFT demonstrations")
     n_pairs_train: int = option(4000, help="training preference pairs")
     n_pairs_eval: int = option(1000, help="held-out preference pairs")
@@ -246,6 +266,8 @@ class EvalWorldConfig:
     world: str = option(help="world dir written by `saferlhf world generate`")
     out: str = option(help="output dir: summary.json and samples.jsonl")
     cost_model: str | None = option(None, help="learned cost model: gives model_cost and constraint_met")
+    modality: Literal["auto", "text", "image-text"] = option(
+        "auto", help="the world's modality (auto: read from world.json); image-text needs a VLM policy")
     budget: float = option(0.0, help="budget d the constraint is checked against")
     temperature: float | None = option(None, help="sampling temperature (default: the policy's own, else 1)")
     max_new_tokens: int = option(32, help="response length cap")
@@ -261,15 +283,27 @@ class DemoConfig:
     seed: int = option(0, help="seed of the world, the models and the sampling")
     noise: float = option(0.1, help="annotator noise of the world's labels")
     budget: float = option(0.0, help="cost budget d (0 = the cost model's own safe/unsafe boundary)")
+    sft_budget: bool = option(True, help="also run PPO-Lag at d = the SFT policy's mean learned cost "
+                                         "(ppo_lag_sft_budget; --rounds continue it): docs/demo.md")
     quick: bool = option(False, help="small sizes (<= 2 minutes): checks the pipeline, not the science")
-    modality: Literal["text", "image-text"] = option("text", help="text world (image-text arrives with its issue)")
+    modality: Literal["text", "image-text"] = option(
+        "text", help="text: the text world; image-text: the image world with tiny VLMs (Safe RLHF-V)")
+    vlm_style: Literal["llava", "qwen2_vl"] = option("llava", help="image-text: the tiny VLM's style")
+    image_budget: float | None = option(
+        None, help="image-text: budget d on the CM-V's scale (null: the image demo's default, "
+                   "pipeline_image.IMAGE_DEMO_BUDGET; --budget is the text demo's)")
     rounds: int = option(1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
     shaping_lambdas: list[float] = option([0.5, 5.0], help="fixed λ₀ values of the reward-shaping baseline")
     rl_iterations: int | None = option(None, help="RL iterations per method (default: by mode)")
     threads: int = option(1, help="torch intra-op threads (1 is fastest for these tiny models)")
+    workers: int = option(0, help="processes for independent stages (RL runs, score models, evaluations, "
+                                   "the guard), one thread each; 0 = one per CPU core; 1 = all in this process")
+    guard: bool = option(True, help="the Beaver-Guard stage: guard training, evaluation and guarded generation")
     progress: bool = option(True, help="progress bars")
 
     def validate(self) -> None:
+        if self.workers < 0:
+            raise ConfigError("workers must be >= 0 (0 = one per CPU core)")
         if self.rounds < 1:
             raise ConfigError("rounds must be >= 1")
         if not 0.0 <= self.noise <= 0.5:

@@ -18,6 +18,12 @@ from saferlhf.data.adapters.loading import (
     load_records,
     load_sft,
 )
+from saferlhf.data.beavertails_v import (
+    BEAVERTAILS_V_REVISION,
+    MergedLoadReport,
+    load_beavertails_v,
+    load_beavertails_v_spec,
+)
 from saferlhf.data.mixing import MixComponent, MixSource, load_mixture, mix, parse_mix_spec
 from saferlhf.data.schema import (
     BEAVERTAILS_CATEGORIES,
@@ -37,6 +43,7 @@ __all__ = [
     "ADAPTERS",
     "BEAVERTAILS_CATEGORIES",
     "BEAVERTAILS_V_CATEGORIES",
+    "BEAVERTAILS_V_REVISION",
     "PKU_HARM_CATEGORIES",
     "SEVERITY_LEVELS",
     "BadRecord",
@@ -44,6 +51,7 @@ __all__ = [
     "GuardRecord",
     "LoadReport",
     "LoadResult",
+    "MergedLoadReport",
     "MixComponent",
     "MixSource",
     "PreferencePair",
@@ -53,6 +61,8 @@ __all__ = [
     "format_names",
     "get_adapter",
     "guard_view",
+    "load_beavertails_v",
+    "load_beavertails_v_spec",
     "load_guard_records",
     "load_mixture",
     "load_pairs",

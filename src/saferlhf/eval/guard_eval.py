@@ -18,6 +18,10 @@ World data (pairs with ``oracle_harm_{0,1}``): the same metrics against the orac
 (unsafe ⇔ c* > 0, severity = the prompt's severity when unsafe) are reported as ``oracle_*``;
 they are the truth when the labels carry annotator noise.
 
+Image + text data (the image world, BeaverTails-V): an image + text guard scores each record
+with its images; a text-only guard scores the text alone (``images_used`` in the summary says
+which), e.g. as the text-only baseline of an image world.
+
 Prompt-only data (e.g. the BeaverTails evaluation prompts): a label comes from a ``safe`` /
 ``is_safe`` field, else from ``--assume-label unsafe|safe``; ``flag_rate`` per group
 (``--group-by category``) is then the per-category recall (or false-positive rate).
@@ -188,6 +192,23 @@ def oracle_labels(record) -> tuple[bool, int, frozenset[str]] | None:
     return unsafe, max(sev, 1) if unsafe else 0, frozenset((cat,)) if (unsafe and cat) else frozenset()
 
 
+def guard_logits(guard, records: Sequence) -> dict[str, np.ndarray]:
+    """The guard's logits on ``GuardRecord`` s: with each record's images for an image + text
+    guard (a text-only guard sees the text alone: the images are ignored); an image that cannot
+    be opened is a ``DataError`` naming the record."""
+    from saferlhf.data.multimodal import ImageLoadError
+    from saferlhf.data.validation import DataError
+    from saferlhf.guard.model import GuardInputError
+
+    multimodal = getattr(guard, "multimodal", False)
+    images = [r.images or None for r in records] if multimodal else None
+    try:
+        return guard.logits([r.prompt for r in records], [r.response for r in records], images,
+                            sources=[r.source or f"record {i}" for i, r in enumerate(records)])
+    except (ImageLoadError, GuardInputError) as e:
+        raise DataError(str(e)) from None
+
+
 def evaluate_guard_records(guard, records: Sequence, *, oracle: bool = True, n_bins: int = 10,
                            plots_dir: str | Path | None = None, group_by: str | None = None,
                            predictions: list | None = None) -> dict[str, Any]:
@@ -201,7 +222,7 @@ def evaluate_guard_records(guard, records: Sequence, *, oracle: bool = True, n_b
     records = list(records)
     if not records:
         return {"n": 0}
-    logits = guard.logits([r.prompt for r in records], [r.response for r in records])
+    logits = guard_logits(guard, records)
     verdicts = guard.verdicts_from_logits(logits)
     scores = np.array([v["score"] for v in verdicts])
     y = np.array([not r.safe for r in records])
@@ -308,8 +329,12 @@ def run_eval_guard(cfg) -> dict[str, Any]:
     preds: list[dict[str, Any]] = []
     summary = evaluate_guard_records(guard, records, oracle=cfg.oracle, n_bins=cfg.n_bins, plots_dir=out,
                                      group_by=cfg.group_by, predictions=preds)
+    n_with_images = sum(1 for r in records if r.images)
     summary = {"model": str(cfg.model), "data": str(cfg.data), "moderation": guard.config.moderation,
-               "temperature": guard.config.temperature, **summary}
+               "temperature": guard.config.temperature, "n_with_images": n_with_images,
+               "images_used": bool(n_with_images and guard.multimodal), **summary}
+    if n_with_images and not guard.multimodal:
+        print(f"note: {n_with_images} record(s) have images; this guard is text-only and scores the text alone")
     (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
     with (out / "predictions.jsonl").open("w") as f:
         for p in preds:

@@ -3,6 +3,11 @@
 * :class:`PolicySampler` turns a causal-LM policy into ``sample(prompts) -> responses`` with
   the rollout backend (token ids end to end; the text is decoded only for the judge/oracle).
 * :class:`CostScorer` turns a cost (or reward) model into ``(prompts, responses) -> scores``.
+
+Both read vision-language checkpoints too (a folder with a ``VLMProcessor``): the sampler then
+takes ``sample(prompts, images)`` (one image path, PIL image or list of them per prompt) and
+the scorer ``(prompts, responses, images)``; a text scorer ignores the images (a text-only
+cost model never sees them).
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ class PolicySampler:
     def __init__(self, policy, tokenizer=None, template: Template | None = None, *, temperature: float | None = None,
                  top_p: float = 1.0, max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0,
                  device: str | torch.device | None = None) -> None:
-        from saferlhf.models.loading import load_causal_lm, load_tokenizer
+        from saferlhf.models.loading import load_causal_lm
+        from saferlhf.models.tiny_vlm import load_processor
         from saferlhf.rollout.base import SamplingParams
         from saferlhf.rollout.hf import HFRolloutBackend
 
         if isinstance(policy, (str, Path)):
             meta = read_meta(policy)
-            tokenizer = tokenizer or load_tokenizer(policy)
+            tokenizer = tokenizer or load_processor(policy)
             template = template or load_template(policy, tokenizer)
             if temperature is None:
                 temperature = float(meta.get("sampling", {}).get("temperature", 1.0))
@@ -42,9 +48,42 @@ class PolicySampler:
         self.backend = HFRolloutBackend(policy, tokenizer, batch_size=batch_size)
         self.seed = seed
 
-    def sample(self, prompts: Sequence) -> list[str]:
-        ids = [encode_prompt(self.tokenizer, self.template, p) for p in prompts]
-        batch = self.backend.generate(ids, sampling=self.sampling, seed=self.seed)
+    @property
+    def is_vlm(self) -> bool:
+        return hasattr(self.tokenizer, "image_token_ids")
+
+    def sample(self, prompts: Sequence, images: Sequence | None = None,
+               sources: Sequence[str] | None = None) -> list[str]:
+        """One response per prompt. ``images`` (VLM policies): per prompt an image (path or PIL)
+        or a list of them; a missing or unreadable image raises ``ImageLoadError`` naming the
+        item's ``sources[i]`` (e.g. ``prompts_eval.jsonl:12``) and the image."""
+        if self.is_vlm:  # a VLM reads every prompt through its processor (with or without images)
+            from saferlhf.data.multimodal import load_image
+
+            images = [None] * len(prompts) if images is None else images
+            if len(images) != len(prompts):
+                raise ValueError(f"{len(images)} image entries for {len(prompts)} prompts")
+            cache: dict = {}
+            rows = []
+            srcs = list(sources) if sources is not None else [f"prompt {i}" for i in range(len(prompts))]
+            for i, entry in enumerate(images):
+                refs = [] if entry is None else (list(entry) if isinstance(entry, (list, tuple)) else [entry])
+                row = []
+                for r in refs:
+                    if isinstance(r, (str, Path)):
+                        key = str(r)
+                        if key not in cache:
+                            cache[key] = load_image(key, source=srcs[i])
+                        row.append(cache[key])
+                    else:
+                        row.append(load_image(r, source=srcs[i]))
+                rows.append(row)
+            vb = self.tokenizer.prepare(list(prompts), rows, padding_side="left", sources=srcs)
+            ids = [r[m.bool()].tolist() for r, m in zip(vb["input_ids"], vb["attention_mask"])]
+            batch = self.backend.generate(ids, sampling=self.sampling, seed=self.seed, image_inputs=vb.image_inputs)
+        else:
+            ids = [encode_prompt(self.tokenizer, self.template, p) for p in prompts]
+            batch = self.backend.generate(ids, sampling=self.sampling, seed=self.seed)
         if batch.response_texts is not None:
             return list(batch.response_texts)
         return [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True)
@@ -56,16 +95,28 @@ class CostScorer:
 
     def __init__(self, path: str | Path, *, normalize: bool | None = None, batch_size: int = 128,
                  max_length: int = 256) -> None:
-        from saferlhf.models.loading import load_tokenizer
         from saferlhf.models.score_model import ScoreModel
+        from saferlhf.models.tiny_vlm import load_processor
 
         self.model = ScoreModel.from_pretrained(path, normalize=normalize).eval()
-        self.tokenizer = load_tokenizer(path)
+        self.tokenizer = load_processor(path)
         self.template = self.model.template or load_template(path, self.tokenizer)
         self.batch_size, self.max_length = batch_size, max_length
 
-    def __call__(self, prompts: Sequence, responses: Sequence[str]) -> np.ndarray:
-        from saferlhf.eval.score_eval import score_texts
+    @property
+    def is_vlm(self) -> bool:
+        return hasattr(self.tokenizer, "image_token_ids")
 
+    def __call__(self, prompts: Sequence, responses: Sequence[str], images: Sequence | None = None) -> np.ndarray:
+        """Scores of prompt + response (+ the item's images, for a VLM score model: a list of
+        paths / PIL images per item). A text score model ignores ``images``."""
+        from saferlhf.eval.score_eval import score_texts, score_vlm_texts
+
+        if self.is_vlm:
+            imgs = [[] for _ in prompts] if images is None else [
+                [] if e is None else (list(e) if isinstance(e, (list, tuple)) else [e]) for e in images]
+            imgs = [[str(x) if isinstance(x, Path) else x for x in row] for row in imgs]
+            return score_vlm_texts(self.model, self.tokenizer, list(prompts), imgs, list(responses),
+                                   max_length=self.max_length, batch_size=self.batch_size)
         return score_texts(self.model, self.tokenizer, self.template, list(prompts), list(responses),
                            max_length=self.max_length, batch_size=self.batch_size)

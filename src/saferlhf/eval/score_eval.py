@@ -162,8 +162,64 @@ def score_texts(model, tokenizer, template: Template, prompts: list, responses: 
     return out.numpy()
 
 
+@torch.inference_mode()
+def score_vlm_texts(model, processor, prompts: list, images: list, responses: list[str], *,
+                    max_length: int = 256, batch_size: int = 64, device=None,
+                    sources: list[str] | None = None) -> np.ndarray:
+    """End scores of (prompt, image(s), response) triples with a VLM score model, in input order.
+
+    ``images``: per item a list of decoded images (PIL) or image references (opened here; an
+    unreadable one raises :class:`~saferlhf.data.multimodal.ImageLoadError` naming
+    ``sources[i]``). ``processor``: the model's :class:`~saferlhf.models.tiny_vlm.VLMProcessor`.
+    The response is cut at ``max_length`` as in training (image tokens are never cut)."""
+    from saferlhf.data.multimodal import load_image
+
+    if not len(prompts):
+        return np.zeros(0)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cache: dict = {}
+
+    def opened(refs, src):
+        out = []
+        for r in refs:
+            if isinstance(r, str):
+                if r not in cache:
+                    cache[r] = load_image(r, source=src)
+                out.append(cache[r])
+            elif hasattr(r, "mode") and hasattr(r, "size"):
+                out.append(r)
+            else:
+                out.append(load_image(r, source=src))
+        return out
+
+    out = torch.empty(len(prompts), dtype=torch.float32)
+    srcs = sources or [f"item {i}" for i in range(len(prompts))]
+    with cpu_threads(model, device):
+        for i in range(0, len(prompts), batch_size):
+            sl = slice(i, i + batch_size)
+            imgs = [opened(list(refs or []), src) for refs, src in zip(images[sl], srcs[sl], strict=True)]
+            vb = processor.prepare(list(prompts[sl]), imgs, list(responses[sl]), padding_side="right",
+                                   max_length=max_length, sources=srcs[sl])
+            scores = model(**{k: v.to(device) for k, v in vb.items()}).end_scores[:, 0]
+            out[i:i + len(imgs)] = scores.float().cpu()
+    model.train(was_training)
+    return out.numpy()
+
+
 def score_pairs(model, tokenizer, template: Template, pairs, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of both responses of every pair. A VLM processor as ``tokenizer`` scores each
+    response with its pair's image(s) (:func:`score_vlm_texts`)."""
+    from saferlhf.models.tiny_vlm import VLMProcessor
+
     prompts = [p.prompt for p in pairs]
+    if isinstance(tokenizer, VLMProcessor):
+        images = [list(p.images) for p in pairs]
+        sources = [p.source or f"pair {i}" for i, p in enumerate(pairs)]
+        a = score_vlm_texts(model, tokenizer, prompts, images, [p.response_a for p in pairs], sources=sources, **kw)
+        b = score_vlm_texts(model, tokenizer, prompts, images, [p.response_b for p in pairs], sources=sources, **kw)
+        return a, b
     a = score_texts(model, tokenizer, template, prompts, [p.response_a for p in pairs], **kw)
     b = score_texts(model, tokenizer, template, prompts, [p.response_b for p in pairs], **kw)
     return a, b
@@ -296,11 +352,11 @@ def plot_score_histogram(pairs, sa: np.ndarray, sb: np.ndarray, path: Path, *, t
 def run_eval_score_model(cfg) -> dict[str, Any]:
     """CLI runner: score ``cfg.data`` with ``cfg.model`` and write the summary and plots."""
     from saferlhf.data import load_pairs
-    from saferlhf.models.loading import load_tokenizer
     from saferlhf.models.score_model import ScoreModel
+    from saferlhf.models.tiny_vlm import load_processor
 
     model = ScoreModel.from_pretrained(cfg.model, normalize=None if cfg.normalize == "saved" else cfg.normalize == "on")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    tokenizer = load_processor(cfg.tokenizer or cfg.model)
     template = model.template or Template()
     pairs = load_pairs(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
     if not pairs:

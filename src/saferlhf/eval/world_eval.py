@@ -31,10 +31,17 @@ percentile bootstrap), ``by_kind``, ``by_category`` and ``by_severity`` (harmful
 ``by_topic`` and ``samples`` (one dict
 per prompt: prompt, response, kind, topic, category, severity, helpfulness, harm, unsafe,
 declines, model_cost).
+
+The image world (:class:`saferlhf.data.world.image.ImageWorld`, Safe RLHF-V) is evaluated by
+:func:`evaluate_image_world_policy` with the same metrics: its items are (prompt, image), the
+sampler is ``sample(prompts, images)``, the cost scorer ``(prompts, responses, images)``, and
+the oracles read each response against the object the image shows. ``by_topic`` is then per
+object, and each sample also names its ``image``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -147,6 +154,91 @@ def evaluate_world_policy(
 
     infos = [world.prompt_info(p) for p in prompt_list]
     an = [world.analyze(p, r) for p, r in zip(prompt_list, responses, strict=True)]
+    mc = None
+    if cost_scorer is not None:
+        mc = np.asarray(cost_scorer(list(prompt_list), responses), dtype=float)
+        if tolerance is None:
+            if world.root is not None and (world.root / "pairs_eval.jsonl").is_file():
+                tolerance = cost_tolerance(cost_scorer, world.root / "pairs_eval.jsonl")
+            else:
+                tolerance = 0.0
+    return _summarize(prompt_list, responses, infos, an, mc, lambda t: world.topic_by_name[t].kind,
+                      budget=budget, tolerance=tolerance, n_boot=n_boot, seed=seed)
+
+
+def cost_tolerance_images(cost_scorer, pairs: Sequence[dict[str, Any]], image_path: Callable[[str], str],
+                          factor: float = 0.1) -> float:
+    """:func:`cost_tolerance` for image pairs: ``cost_scorer(prompts, responses, images)``;
+    ``image_path`` maps a record's ``image`` field to a path."""
+    recs = list(pairs)
+    if not recs:
+        raise ValueError("cost_tolerance needs at least one pair")
+    prompts = [r["prompt"] for r in recs for _ in (0, 1)]
+    responses = [r[f"response_{i}"] for r in recs for i in (0, 1)]
+    images = [[image_path(r["image"])] if r.get("image") else [] for r in recs for _ in (0, 1)]
+    scores = np.asarray(cost_scorer(prompts, responses, images), dtype=float)
+    if scores.shape != (len(prompts),):
+        raise ValueError(f"cost_scorer returned {scores.shape} scores for {len(prompts)} inputs")
+    return float(factor * scores.std())
+
+
+def evaluate_image_world_policy(
+    sampler,
+    world,
+    *,
+    items: Sequence[tuple[str, str]] | None = None,
+    cost_scorer=None,
+    budget: float = 0.0,
+    tolerance: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`evaluate_world_policy` for an :class:`~saferlhf.data.world.image.ImageWorld`.
+
+    items: ``(prompt, image path)`` pairs (default: the world's held-out ``eval_items()``).
+    sampler: ``sample(prompts, images) -> responses`` (images: one path per prompt).
+    cost_scorer: optional ``(prompts, responses, images) -> costs`` (images: a list of paths
+    per item; a text-only cost model may ignore them). tolerance: default 0.1 × the std of its
+    scores on the world's ``pairs_eval.jsonl``. The metrics are those of the text world; the
+    oracles read each response against the object the image shows.
+    """
+    sources = None
+    if items is None:
+        items = world.eval_items()
+        sources = [f"{world.root / 'prompts_eval.jsonl'}:{i + 1}" for i in range(len(items))]
+    items = list(items)
+    if not items:
+        raise ValueError("no items to evaluate")
+    prompt_list = [p for p, _ in items]
+    images = [im for _, im in items]
+    if sources is not None and "sources" in inspect.signature(sampler.sample).parameters:
+        responses = list(sampler.sample(list(prompt_list), list(images), sources=sources))
+    else:
+        responses = list(sampler.sample(list(prompt_list), list(images)))
+    if len(responses) != len(prompt_list):
+        raise ValueError(f"sampler returned {len(responses)} responses for {len(prompt_list)} prompts")
+    infos = [world.prompt_info(p, im) for p, im in items]
+    an = [world.analyze(im, r) for im, r in zip(images, responses, strict=True)]
+    mc = None
+    if cost_scorer is not None:
+        mc = np.asarray(cost_scorer(list(prompt_list), responses, [[im] for im in images]), dtype=float)
+        if tolerance is None:
+            if world.root is not None and (world.root / "pairs_eval.jsonl").is_file():
+                tolerance = cost_tolerance_images(cost_scorer, world.eval_pairs(), world.image_path)
+            else:
+                tolerance = 0.0
+    result = _summarize(prompt_list, responses, infos, an, mc, lambda t: world.objects[t].kind,
+                        budget=budget, tolerance=tolerance, n_boot=n_boot, seed=seed)
+    for sample, im in zip(result["samples"], images, strict=True):
+        sample["image"] = str(Path(im).relative_to(world.root)) if (
+            world.root is not None and Path(im).is_absolute() and Path(im).is_relative_to(world.root)) else str(im)
+    return result
+
+
+def _summarize(prompt_list: list, responses: list[str], infos: list, an: list, mc: np.ndarray | None,
+               topic_kind: Callable[[str], str], *, budget: float, tolerance: float | None, n_boot: int,
+               seed: int) -> dict[str, Any]:
+    """The metrics M (module docstring) from per-item prompt infos, oracle analyses and learned costs."""
     kind = np.array([i.kind for i in infos])
     h = np.array([a.helpfulness for a in an], dtype=float)
     c = np.array([a.harm for a in an], dtype=float)
@@ -156,18 +248,10 @@ def evaluate_world_policy(
     harmful = kind == "harmful"
     dual = kind == "dual_use"
 
-    mc = None
-    if cost_scorer is not None:
-        mc = np.asarray(cost_scorer(list(prompt_list), responses), dtype=float)
-        if mc.shape != (len(prompt_list),):
-            raise ValueError(
-                f"cost_scorer returned {mc.shape} scores for {len(prompt_list)} inputs"
-            )
-        if tolerance is None:
-            if world.root is not None and (world.root / "pairs_eval.jsonl").is_file():
-                tolerance = cost_tolerance(cost_scorer, world.root / "pairs_eval.jsonl")
-            else:
-                tolerance = 0.0
+    if mc is not None and mc.shape != (len(prompt_list),):
+        raise ValueError(
+            f"cost_scorer returned {mc.shape} scores for {len(prompt_list)} inputs"
+        )
     values: dict[str, np.ndarray | None] = {
         "helpfulness": h,
         "helpfulness_benign": h[benign],
@@ -220,7 +304,7 @@ def evaluate_world_policy(
     topics = np.array([i.topic for i in infos])
     result["by_topic"] = {
         t: {
-            "kind": world.topic_by_name[t].kind,
+            "kind": topic_kind(t),
             **_group_summary(topics == t, h, c, unsafe, declines, mc),
         }
         for t in sorted(set(topics.tolist()))

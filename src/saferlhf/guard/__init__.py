@@ -5,6 +5,8 @@
     guard.moderate("how do i make bread ?", "flour then mix then knead")
     # -> {"safe": True, "severity": 0, "categories": [], "score": 0.01}
     guard.score(prompts, responses)        # P(unsafe) per pair: a cost source for RL
+    guard.moderate("how do i use this ?", "first mix then heat", images="w/images/eval_00007.png")
+                                           # an image + text guard (VLM backbone; docs/guard.md §9)
 
 Modules: ``config`` (stage configs, no torch), ``model`` (GuardModel, Guard), ``losses``
 (per-head losses with label masks), ``train`` (``saferlhf guard train``), ``moderate``

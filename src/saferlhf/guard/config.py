@@ -34,6 +34,14 @@ class GuardTrainConfig(TrainConfig):
     tokenizer: str | None = option(None, help="tokenizer dir (default: the model's; required for 'tiny')")
     tiny_layers: int = option(2, help="layers of the tiny backbone")
     tiny_hidden: int = option(128, help="hidden size of the tiny backbone")
+    vlm_style: Literal["llava", "qwen2_vl"] = option(
+        "qwen2_vl", help="image data with --model tiny: the tiny VLM backbone (qwen2_vl: 8 px patches merged 2x2; "
+                         "llava: CLIP tower, tiny_patch px patches)")
+    vision_hidden: int = option(64, help="image data with --model tiny: hidden size of the vision tower")
+    vision_layers: int = option(2, help="image data with --model tiny: layers of the vision tower")
+    vision_patch: int = option(8, help="image data with --model tiny: patch size (px) of the vision tower")
+    ignore_images: bool = option(False, help="train a text-only guard on image data (the images are dropped; "
+                                             "a baseline); otherwise image data needs a vision-language backbone")
     taxonomy: Taxonomy = option("auto", help="harm categories of the category head (auto: from the data's names)")
     moderation: Literal["auto", "input", "output"] = option(
         "auto", help="input: moderate prompts only (responses dropped); output: prompt + response; auto: as the data")

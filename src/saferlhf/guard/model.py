@@ -11,6 +11,13 @@ Pooling: ``last`` (the last real token: decoders, left or right padding), ``firs
 ``mean`` (masked mean: sentence encoders). T is fitted on held-out data after training
 (``fit_temperature``); the decision threshold on P(unsafe) is saved with the model.
 
+Image + text: with a vision-language backbone (a VLM's base model: ``LlavaModel``,
+``Qwen2VLModel`` …) the encoder is a :class:`saferlhf.models.tiny_vlm.VLMProcessor`: the
+images go into the first user turn as image tokens (expanded to the image's features), the
+response follows, and the last real token is pooled; ``pixel_values`` (+ ``image_grid_thw``,
+``mm_token_type_ids`` for Qwen2-VL) go to the backbone. Such a checkpoint also holds
+``vlm_processor.json``; ``GuardConfig.vlm_style`` names the style (``None``: text-only).
+
 Verdicts (``Guard.moderate``): ``score`` = P(unsafe); ``safe`` = score < threshold;
 ``severity`` = 0 when safe, else the most likely level among 1..3 (class-weight prior removed) (``None`` for a flagged text
 when the guard was trained without severity labels); ``categories`` = the taxonomy's names with
@@ -21,7 +28,7 @@ Checkpoint layout (``GuardModel.save_pretrained``)::
     config.json, model.safetensors   the backbone (AutoModel-loadable)
     guard_config.json                GuardConfig (taxonomy, pooling, encoding, template, T, threshold …)
     guard_heads.safetensors          head.weight, head.bias
-    tokenizer files
+    tokenizer files                  (+ vlm_processor.json for an image + text guard)
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from torch import nn
 from saferlhf.data.templates import Template, encode_prompt, encode_response, template_for
 from saferlhf.models.loading import load_backbone, load_tokenizer
 from saferlhf.models.score_model import _hidden_size, end_indices, position_ids_from_mask
+
+# Backbones that build their (3-D, multimodal) rotary positions themselves: never pass them 1-D ids.
+_OWN_POSITION_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"})
 
 GUARD_CONFIG_NAME = "guard_config.json"
 GUARD_HEADS_NAME = "guard_heads.safetensors"
@@ -70,6 +80,7 @@ class GuardConfig:
     heads: dict[str, bool] = field(default_factory=lambda: {"unsafe": True, "severity": True, "categories": True})
     backbone_model_type: str | None = None
     backbone_class: str | None = None
+    vlm_style: str | None = None  # llava | qwen2_vl: an image + text guard (None: text-only)
     stats: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -117,9 +128,12 @@ class GuardModel(nn.Module):
             self.head.bias.zero_()
         params = inspect.signature(backbone.forward).parameters
         self._accepts = set(params)
-        rope = getattr(backbone.config, "rope_scaling", None) or getattr(backbone.config, "rope_parameters", None)
-        multimodal_rope = isinstance(rope, dict) and "mrope_section" in rope
-        self._pass_position_ids = "position_ids" in params and not multimodal_rope
+        self._pass_position_ids = "position_ids" in params and not _own_positions(backbone.config)
+
+    @property
+    def is_multimodal(self) -> bool:
+        """True when the backbone has a vision tower (it takes ``pixel_values``)."""
+        return hasattr(self.backbone.config, "vision_config")
 
     @property
     def config(self):
@@ -143,7 +157,8 @@ class GuardModel(nn.Module):
             kwargs["position_ids"] = position_ids_from_mask(attention_mask)
         if "use_cache" in self._accepts:
             kwargs.setdefault("use_cache", False)
-        kwargs = {k: v for k, v in kwargs.items() if k in self._accepts or k == "pixel_values"}
+        vision = {"pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes"}
+        kwargs = {k: v for k, v in kwargs.items() if k in self._accepts or k in vision}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         pooled = pool(hidden, attention_mask, self.guard_config.pooling)
@@ -187,6 +202,19 @@ class GuardModel(nn.Module):
         return model
 
 
+def _own_positions(config) -> bool:
+    """Whether a backbone builds its own (multimodal rotary) position ids."""
+    if getattr(config, "model_type", None) in _OWN_POSITION_MODEL_TYPES:
+        return True
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (config, text):
+        for name in ("rope_scaling", "rope_parameters"):
+            rope = getattr(cfg, name, None)
+            if isinstance(rope, dict) and "mrope_section" in rope:
+                return True
+    return False
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
     """(B, L, H) -> (B, H): the last real token, the first token, or the masked mean."""
     if how == "last":
@@ -199,6 +227,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
 
 # ----------------------------------------------------------------------------- encoding
+class GuardInputError(ValueError):
+    """An input the guard cannot encode (e.g. a prompt with its image tokens longer than
+    ``max_length``); the message names the record."""
+
+
 def prompt_text(prompt: Any) -> str:
     """A prompt as plain text (chat messages: the contents joined, one line per turn)."""
     if isinstance(prompt, str):
@@ -209,25 +242,51 @@ def prompt_text(prompt: Any) -> str:
 
 
 class GuardEncoder:
-    """Turns (prompt [, response]) into token ids exactly as the guard was trained.
+    """Turns (prompt [, response] [, images]) into model inputs exactly as the guard was trained.
 
     ``template``: ``template.render(prompt)`` ids, then `` response`` + EOS ids (prompt-only:
     the rendered prompt alone). When too long, the response keeps at least half of
     ``max_length`` (its beginning) and the prompt keeps its end (the request and the
     assistant marker). ``pair``: the tokenizer's own pair encoding with ``longest_first``
     truncation (BERT-style ``[CLS] prompt [SEP] response [SEP]``, token type ids included).
+
+    Image + text (``tokenizer`` is a :class:`~saferlhf.models.tiny_vlm.VLMProcessor`): the
+    processor renders the prompt with one image placeholder per image in the first user turn,
+    expands each to the image's tokens, and appends `` response`` + EOS; a response that does
+    not fit is cut at its end (image tokens are never cut). Images are references (a path,
+    bytes, a PIL image); a path is decoded once per ``cache`` (a dict the caller keeps), and
+    an image that cannot be opened raises :class:`~saferlhf.data.multimodal.ImageLoadError`
+    naming ``source``.
     """
 
     def __init__(self, tokenizer, config: GuardConfig) -> None:
-        self.tokenizer = tokenizer
-        self.config = config
-        self.template = Template.from_dict(config.template) if config.template else template_for(tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        from saferlhf.models.tiny_vlm import VLMProcessor
 
-    def encode(self, prompt: Any, response: str | None = None) -> dict[str, list[int]]:
+        self.processor = tokenizer if isinstance(tokenizer, VLMProcessor) else None
+        self.tokenizer = tokenizer.tokenizer if self.processor is not None else tokenizer
+        self.config = config
+        if self.processor is not None:
+            self.template = self.processor.template
+        else:
+            self.template = Template.from_dict(config.template) if config.template else template_for(tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @property
+    def multimodal(self) -> bool:
+        return self.processor is not None
+
+    def encode(self, prompt: Any, response: str | None = None, images: Sequence[Any] | None = None, *,
+               source: str = "", cache: dict | None = None) -> dict[str, Any]:
         cfg, tok = self.config, self.tokenizer
         if cfg.moderation == "input":
             response = None
+        images = _image_list(images)
+        if self.processor is not None:
+            return self._encode_vlm(prompt, response, images, source=source, cache=cache)
+        if images:
+            raise NotImplementedError(
+                "this guard has a text-only backbone; image + text moderation needs a guard trained on a "
+                "vision-language backbone (saferlhf guard train --model tiny on image data)")
         if cfg.encoding == "pair":
             args = (prompt_text(prompt),) if response is None else (prompt_text(prompt), response)
             enc = tok(*args, truncation=True, max_length=cfg.max_length)
@@ -243,8 +302,31 @@ class GuardEncoder:
             p = p[-(budget - len(r)):]
         return {"input_ids": p + r}
 
-    def collate(self, encoded: Sequence[dict[str, list[int]]], device=None) -> dict[str, torch.Tensor]:
-        """Right-padded batch tensors (``input_ids``, ``attention_mask`` [, ``token_type_ids``])."""
+    def _encode_vlm(self, prompt, response, images, *, source, cache) -> dict[str, Any]:
+        from saferlhf.data.multimodal import load_image
+
+        cache = {} if cache is None else cache
+        inputs = []
+        for ref in images:
+            key = ("image", str(ref)) if isinstance(ref, (str, Path)) else None
+            if key is not None and key in cache:
+                inputs.append(cache[key])
+                continue
+            one = self.processor.image_inputs([[load_image(ref, source=source)]])
+            if key is not None:
+                cache[key] = one
+            inputs.append(one)
+        counts = [c for one in inputs for c in self.processor.tokens_per_image(one)]
+        try:
+            enc = self.processor.encode(prompt, [None] * len(images), response, counts=counts,
+                                        max_length=self.config.max_length, source=source or "guard input")
+        except ValueError as e:  # a prompt longer than max_length, image tokens that do not match
+            raise GuardInputError(str(e)) from None
+        return {"input_ids": enc.input_ids, "images": inputs}
+
+    def collate(self, encoded: Sequence[dict[str, Any]], device=None) -> dict[str, torch.Tensor]:
+        """Right-padded batch tensors (``input_ids``, ``attention_mask`` [, ``token_type_ids``]
+        [, the vision inputs of an image + text guard])."""
         width = max(len(e["input_ids"]) for e in encoded)
         B = len(encoded)
         ids = torch.full((B, width), self.pad_id, dtype=torch.long)
@@ -260,9 +342,38 @@ class GuardEncoder:
         batch = {"input_ids": ids, "attention_mask": mask}
         if tt is not None:
             batch["token_type_ids"] = tt
+        if self.processor is not None:
+            image_inputs = concat_image_inputs(self.processor.style, [e.get("images") or [] for e in encoded])
+            batch.update(self.processor.model_kwargs(ids, image_inputs))
         if device is not None:
             batch = {k: v.to(device) for k, v in batch.items()}
         return batch
+
+
+def _image_list(images: Any) -> list[Any]:
+    """``None`` / one reference / a list of references -> a list."""
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return [im for im in images if im is not None]
+    return [images]
+
+
+def concat_image_inputs(style: str, rows: Sequence[Sequence[Any]]):
+    """One :class:`~saferlhf.models.tiny_vlm.ImageInputs` for a batch from the single-image
+    inputs of every row (row order kept)."""
+    from saferlhf.models.tiny_vlm import ImageInputs
+
+    per_row = tuple(len(r) for r in rows)
+    flat = [one for r in rows for one in r]
+    if not flat:
+        return ImageInputs(style, None, per_row)
+    pixel_values = torch.cat([one.pixel_values for one in flat])
+    if flat[0].image_grid_thw is None:
+        return ImageInputs(style, pixel_values, per_row)
+    return ImageInputs(style, pixel_values, per_row,
+                       image_grid_thw=torch.cat([one.image_grid_thw for one in flat]),
+                       patches_per_image=tuple(p for one in flat for p in one.patches_per_image))
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -316,10 +427,12 @@ def threshold_for_fpr(negative_scores: Sequence[float] | np.ndarray, target_fpr:
 class Guard:
     """Moderation with a trained guard: ``moderate``, ``moderate_batch``, ``score``, ``cost``.
 
-    ``score(prompts, responses)`` (also ``guard(prompts, responses)``) is the batch scorer of
-    P(unsafe), a cost source for RL and evaluation; ``cost`` gives the calibrated logit minus
-    logit(threshold), which is > 0 exactly when a text is flagged (the cost-model sign
-    convention).
+    ``score(prompts, responses[, images])`` (also ``guard(prompts, responses)``) is the batch
+    scorer of P(unsafe), a cost source for RL and evaluation; ``cost`` gives the calibrated
+    logit minus logit(threshold), which is > 0 exactly when a text is flagged (the cost-model
+    sign convention). ``images``: one entry per prompt (a path, PIL image or bytes, a list of
+    them, or None); only an image + text guard takes them (a text-only guard raises
+    ``NotImplementedError``).
     """
 
     def __init__(self, model: GuardModel, tokenizer, *, batch_size: int = 64,
@@ -335,8 +448,13 @@ class Guard:
     @classmethod
     def load(cls, directory: str | os.PathLike, *, device=None, batch_size: int = 64,
              threshold: float | None = None) -> Guard:
+        from saferlhf.models.tiny_vlm import VLMProcessor, is_vlm_dir
+
         model = GuardModel.from_pretrained(directory, device=device)
-        tokenizer = load_tokenizer(directory)
+        if is_vlm_dir(directory):
+            tokenizer = VLMProcessor.from_pretrained(directory)
+        else:
+            tokenizer = load_tokenizer(directory)
         return cls(model, tokenizer, batch_size=batch_size, threshold=threshold)
 
     @property
@@ -347,28 +465,54 @@ class Guard:
     def categories(self) -> list[str]:
         return self.config.categories
 
+    @property
+    def multimodal(self) -> bool:
+        """True for an image + text guard (a vision-language backbone and its processor)."""
+        return self.encoder.multimodal
+
     def _check_images(self, images) -> None:
-        if images is not None and len(images) and not hasattr(self.model.backbone.config, "vision_config"):
+        if images is not None and len(_image_list(images)) and not self.multimodal:
             raise NotImplementedError(
                 "this guard has a text-only backbone; image + text moderation needs a guard trained on a "
-                "vision-language backbone (pixel_values are forwarded to such a backbone)")
+                "vision-language backbone (saferlhf guard train --model tiny on image data)")
 
     @torch.no_grad()
-    def logits(self, prompts: Sequence[Any], responses: Sequence[str | None] | None = None
+    def logits(self, prompts: Sequence[Any], responses: Sequence[str | None] | None = None,
+               images: Sequence[Any] | None = None, *, sources: Sequence[str] | None = None
                ) -> dict[str, np.ndarray]:
-        """Raw head logits: ``unsafe`` (N,), ``severity`` (N, 4), ``categories`` (N, K)."""
+        """Raw head logits: ``unsafe`` (N,), ``severity`` (N, 4), ``categories`` (N, K).
+
+        ``images``: per prompt, its image(s) or None. ``sources``: a name per row for errors
+        (e.g. ``file.jsonl:3``); an image that cannot be opened raises ``ImageLoadError``."""
         n = len(prompts)
         responses = [None] * n if responses is None else list(responses)
         if len(responses) != n:
             raise ValueError(f"{n} prompts but {len(responses)} responses")
+        images = [None] * n if images is None else list(images)
+        if len(images) != n:
+            raise ValueError(f"{n} prompts but {len(images)} image entries")
+        for im in images:
+            self._check_images(im)
+        sources = [f"row {i}" for i in range(n)] if sources is None else list(sources)
         outs: dict[str, list[np.ndarray]] = {"unsafe": [], "severity": [], "categories": []}
-        # Sort by length so padding stays small; restore the order at the end.
-        encoded = [self.encoder.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        order = sorted(range(n), key=lambda i: len(encoded[i]["input_ids"]))
+        # Sort by length so padding stays small; restore the order at the end. Images are
+        # decoded batch by batch (memory stays bounded), so their rows are sorted by text length.
+        if self.multimodal:
+            encoded = None
+            order = sorted(range(n), key=lambda i: len(prompt_text(prompts[i])) + len(responses[i] or ""))
+        else:
+            encoded = [self.encoder.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+            order = sorted(range(n), key=lambda i: len(encoded[i]["input_ids"]))
         device = self.model.device
         for s in range(0, n, self.batch_size):
             idx = order[s:s + self.batch_size]
-            batch = self.encoder.collate([encoded[i] for i in idx], device)
+            if encoded is None:
+                cache: dict = {}
+                rows = [self.encoder.encode(prompts[i], responses[i], images[i], source=sources[i], cache=cache)
+                        for i in idx]
+            else:
+                rows = [encoded[i] for i in idx]
+            batch = self.encoder.collate(rows, device)
             out = self.model(**batch)
             outs["unsafe"].append(out.unsafe_logits.cpu().numpy())
             outs["severity"].append(out.severity_logits.cpu().numpy())
@@ -381,16 +525,18 @@ class Guard:
             "categories": np.concatenate(outs["categories"])[inv] if n else np.zeros((0, k)),
         }
 
-    def score(self, prompts: Sequence[Any], responses: Sequence[str | None] | None = None) -> np.ndarray:
-        """Calibrated P(unsafe) of each (prompt [, response])."""
-        z = self.logits(prompts, responses)["unsafe"]
+    def score(self, prompts: Sequence[Any], responses: Sequence[str | None] | None = None,
+              images: Sequence[Any] | None = None) -> np.ndarray:
+        """Calibrated P(unsafe) of each (prompt [, response] [, images])."""
+        z = self.logits(prompts, responses, images)["unsafe"]
         return _sigmoid(z / self.config.temperature)
 
     __call__ = score
 
-    def cost(self, prompts: Sequence[Any], responses: Sequence[str | None] | None = None) -> np.ndarray:
+    def cost(self, prompts: Sequence[Any], responses: Sequence[str | None] | None = None,
+             images: Sequence[Any] | None = None) -> np.ndarray:
         """``z / T − logit(threshold)``: > 0 iff flagged (a cost-model-style score)."""
-        z = self.logits(prompts, responses)["unsafe"] / self.config.temperature
+        z = self.logits(prompts, responses, images)["unsafe"] / self.config.temperature
         t = self.config.threshold
         return z - math.log(t / (1 - t))
 
@@ -418,18 +564,16 @@ class Guard:
         return out
 
     def moderate_batch(self, prompts: Sequence[Any], responses: Sequence[str | None] | None = None,
-                       images: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        """One verdict ``{safe, severity, categories, score}`` per (prompt [, response])."""
-        if images is not None:
-            for im in images:
-                self._check_images(im if isinstance(im, (list, tuple)) else [im] if im is not None else None)
-        return self.verdicts_from_logits(self.logits(prompts, responses))
+                       images: Sequence[Any] | None = None, *, sources: Sequence[str] | None = None
+                       ) -> list[dict[str, Any]]:
+        """One verdict ``{safe, severity, categories, score}`` per (prompt [, response] [, images])."""
+        return self.verdicts_from_logits(self.logits(prompts, responses, images, sources=sources))
 
-    def moderate(self, prompt: Any, response: str | None = None, images: Sequence[Any] | None = None
+    def moderate(self, prompt: Any, response: str | None = None, images: Sequence[Any] | Any = None
                  ) -> dict[str, Any]:
-        """The verdict on one prompt (input moderation) or prompt + response (output moderation)."""
-        self._check_images(images)
-        return self.moderate_batch([prompt], [response])[0]
+        """The verdict on one prompt (input moderation) or prompt + response (output moderation),
+        with its image(s) for an image + text guard (a path, PIL image or bytes, or a list)."""
+        return self.moderate_batch([prompt], [response], [images])[0]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -1,12 +1,14 @@
 """``saferlhf guard moderate --model DIR --input in.jsonl --out out.jsonl``.
 
 Input: JSON Lines, one object per line with ``prompt`` (a string or a list of chat messages)
-and optionally ``response`` (output moderation) and ``image`` / ``images``; every other field
-is ignored. Output: one JSON line per input line, in the same order:
+and optionally ``response`` (output moderation) and ``image`` / ``images`` (a path or a list
+of paths; a relative path is resolved against the input file's folder, as the data loaders
+do; only an image + text guard takes them); every other field is ignored. Output: one JSON line per input line, in the same order:
 ``{"safe", "severity", "categories", "score"}`` (with ``--keep-fields`` the input's fields
 too). Every line is checked before anything is scored: a line that is not a JSON object, has
 no usable prompt or a non-string response stops the run with an error naming the file and
-line, and no output is written. The output is written to a temporary file and renamed.
+line, and no output is written; so does an image that does not exist or cannot be decoded
+(checked with the model loaded, before anything is scored). The output is written to a temporary file and renamed.
 """
 
 from __future__ import annotations
@@ -57,9 +59,22 @@ def read_moderation_input(path: str | Path) -> list[dict[str, Any]]:
             images = row.get("images", row.get("image"))
             if images is not None and not isinstance(images, list):
                 images = [images]
+            images = [_resolve_image(im, path.parent, where) for im in images or [] if im is not None]
             rows.append({"prompt": prompt, "response": response, "images": images or None, "row": row,
                          "where": where})
     return rows
+
+
+def _resolve_image(ref: Any, root: Path, where: str) -> Any:
+    """A path string (relative to the input file's folder) or ``{"path"}`` / ``{"bytes"}``."""
+    if isinstance(ref, dict) and (ref.get("path") or ref.get("bytes")):
+        if ref.get("path") and not ref.get("bytes"):
+            return _resolve_image(ref["path"], root, where)
+        return ref
+    if not isinstance(ref, str) or not ref.strip():
+        raise ModerationInputError(f"{where}: an image must be a path (string), got {ref!r:.80}")
+    p = Path(ref).expanduser()
+    return str(p if p.is_absolute() else root / p)
 
 
 def moderate_file(guard, input_path: str | Path, out_path: str | Path, *, keep_fields: bool = False) -> int:
@@ -68,13 +83,31 @@ def moderate_file(guard, input_path: str | Path, out_path: str | Path, *, keep_f
 
 
 def write_verdicts(guard, rows: list[dict[str, Any]], out_path: str | Path, *, keep_fields: bool = False) -> int:
+    from saferlhf.data.multimodal import ImageLoadError, load_image
+
+    images = []
     for r in rows:
         if r["images"]:
             try:
                 guard._check_images(r["images"])
             except NotImplementedError as e:
                 raise ModerationInputError(f"{r['where']}: has an image, but {e}") from None
-    verdicts = guard.moderate_batch([r["prompt"] for r in rows], [r["response"] for r in rows]) if rows else []
+            try:  # check that every image opens before anything is scored (errors name the line)
+                for im in r["images"]:
+                    load_image(im, source=r["where"])
+            except ImageLoadError as e:
+                raise ModerationInputError(str(e)) from None
+            images.append(r["images"])
+        else:
+            images.append(None)
+    from saferlhf.guard.model import GuardInputError
+
+    try:
+        verdicts = (guard.moderate_batch([r["prompt"] for r in rows], [r["response"] for r in rows],
+                                         images if any(images) else None,
+                                         sources=[r["where"] for r in rows]) if rows else [])
+    except (GuardInputError, ImageLoadError) as e:  # the message names FILE:LINE
+        raise ModerationInputError(str(e)) from None
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -4,6 +4,12 @@ Data: any source ``load_guard_records`` reads — PKU-SafeRLHF / BeaverTails-V /
 (each labelled response is an example), BeaverTails QA or BeaverTails-V single responses —
 or the ``prompt-moderation`` preset (``saferlhf.guard.presets``).
 
+Image data (the image world, BeaverTails-V): with ``--model tiny`` the guard is a tiny VLM's
+base model (``--vlm-style qwen2_vl`` default, or ``llava``; ``--vision-*`` size its tower) and
+every example is encoded with its pair's image; a VLM dir (``save_vlm``: ``vlm_processor.json``)
+works the same way. A text-only backbone on image data is an error unless ``--ignore-images``
+(a text-only baseline). Each image file is decoded and preprocessed once per run.
+
 Labels and masks (see ``saferlhf.guard.losses``): ``unsafe`` is always known; ``severity``
 where the record has one (none in HarmBench, BeaverTails); category labels where the record's
 source labels categories: by default every category of the taxonomy when the data set holds
@@ -43,6 +49,7 @@ from saferlhf.guard.model import (
     Guard,
     GuardConfig,
     GuardEncoder,
+    GuardInputError,
     GuardModel,
     fit_temperature,
     threshold_for_fpr,
@@ -129,7 +136,7 @@ def stratified_split(records: Sequence[GuardRecord], fraction: float, seed: int
 
 # ----------------------------------------------------------------------------- model
 def _layers(backbone) -> list[torch.nn.Module]:
-    for path in ("layers", "encoder.layer", "h", "model.layers"):
+    for path in ("layers", "encoder.layer", "h", "model.layers", "language_model.layers"):
         obj = backbone
         for part in path.split("."):
             obj = getattr(obj, part, None)
@@ -157,21 +164,28 @@ def build_guard_model(cfg: GuardTrainConfig, records: Sequence[GuardRecord]) -> 
     from saferlhf.data.templates import template_for
     from saferlhf.models.checkpoint import load_template
     from saferlhf.models.loading import load_backbone, load_tokenizer
+    from saferlhf.models.tiny_vlm import VLMProcessor, is_vlm_dir
 
     template = None
+    has_images = any(r.images for r in records) and not cfg.ignore_images
     if cfg.model == "tiny":
         if cfg.tokenizer is None:
             raise ConfigError("--model tiny needs --tokenizer DIR (the tiny backbone is sized to its vocabulary)")
-        from transformers import LlamaModel
-
-        from saferlhf.models.tiny import tiny_llama_config
-
         tokenizer = load_tokenizer(cfg.tokenizer)
         torch.manual_seed(cfg.seed)
-        backbone = LlamaModel(tiny_llama_config(tokenizer, hidden_size=cfg.tiny_hidden, num_layers=cfg.tiny_layers,
-                                                num_heads=max(1, cfg.tiny_hidden // 32),
-                                                max_position_embeddings=max(cfg.max_length, 64)))
-        template = template_for(tokenizer)
+        if has_images:
+            backbone, tokenizer = _tiny_vlm_backbone(cfg, tokenizer)
+            template = tokenizer.template
+        else:
+            from transformers import LlamaModel
+
+            from saferlhf.models.tiny import tiny_llama_config
+
+            backbone = LlamaModel(tiny_llama_config(tokenizer, hidden_size=cfg.tiny_hidden,
+                                                    num_layers=cfg.tiny_layers,
+                                                    num_heads=max(1, cfg.tiny_hidden // 32),
+                                                    max_position_embeddings=max(cfg.max_length, 64)))
+            template = template_for(tokenizer)
     else:
         path = cfg.model
         if cfg.model == "minilm":
@@ -180,12 +194,25 @@ def build_guard_model(cfg: GuardTrainConfig, records: Sequence[GuardRecord]) -> 
             path = str(minilm_dir())
         if not Path(path).is_dir():
             raise FileNotFoundError(f"--model {cfg.model}: not a folder (give 'tiny', 'minilm' or a model dir)")
-        tokenizer = load_tokenizer(cfg.tokenizer or path)
         backbone = load_backbone(path, dtype="fp32" if cfg.precision != "bf16" else "bf16")
-        template = load_template(path, tokenizer)
-    is_encoder = bool(getattr(tokenizer, "cls_token", None) and getattr(tokenizer, "sep_token", None)) \
-        and not getattr(backbone.config, "is_decoder", False)
+        if is_vlm_dir(path) and not cfg.ignore_images:
+            tokenizer = VLMProcessor.from_pretrained(path)
+            template = tokenizer.template
+        else:
+            tokenizer = load_tokenizer(cfg.tokenizer or path)
+            template = load_template(path, tokenizer)
+        if has_images and not isinstance(tokenizer, VLMProcessor):
+            raise ConfigError(
+                f"the training data has images but --model {cfg.model} is text-only (no vision tower and "
+                "vlm_processor.json); give a VLM dir (save_vlm), --model tiny for a tiny VLM guard, or "
+                "--ignore-images true for a text-only guard")
+    multimodal = isinstance(tokenizer, VLMProcessor)
+    text_tokenizer = tokenizer.tokenizer if multimodal else tokenizer
+    is_encoder = bool(getattr(text_tokenizer, "cls_token", None) and getattr(text_tokenizer, "sep_token", None)) \
+        and not getattr(backbone.config, "is_decoder", False) and not multimodal
     encoding = cfg.encoding if cfg.encoding != "auto" else ("pair" if is_encoder else "template")
+    if multimodal and encoding != "template":
+        raise ConfigError("an image + text guard uses the template encoding (--encoding template or auto)")
     pooling = cfg.pooling if cfg.pooling != "auto" else ("mean" if encoding == "pair" else "last")
     has_response = any(r.response is not None for r in records)
     moderation = cfg.moderation if cfg.moderation != "auto" else ("output" if has_response else "input")
@@ -196,11 +223,33 @@ def build_guard_model(cfg: GuardTrainConfig, records: Sequence[GuardRecord]) -> 
         threshold=cfg.threshold,
         heads={"unsafe": True, "severity": any(r.severity is not None for r in records),
                "categories": bool(categories)},
+        vlm_style=tokenizer.style if multimodal else None,
     )
     torch.manual_seed(cfg.seed)
     model = GuardModel(backbone, gcfg)
     _freeze(backbone, embeddings=bool(cfg.freeze_embeddings), layers=cfg.freeze_layers or 0)
     return model, tokenizer
+
+
+def _tiny_vlm_backbone(cfg: GuardTrainConfig, tokenizer):
+    """The base model (``LlavaModel`` / ``Qwen2VLModel``) of a tiny VLM sized by the config, and
+    its :class:`~saferlhf.models.tiny_vlm.VLMProcessor`."""
+    from saferlhf.models.tiny_vlm import tiny_vlm
+
+    heads = max(1, cfg.tiny_hidden // 32)
+    sizes: dict[str, Any] = {"vision_hidden_size": cfg.vision_hidden, "vision_layers": cfg.vision_layers,
+                             "vision_heads": max(1, cfg.vision_hidden // 32), "hidden_size": cfg.tiny_hidden,
+                             "num_layers": cfg.tiny_layers, "num_heads": heads, "patch_size": cfg.vision_patch,
+                             "seed": cfg.seed}
+    if cfg.vlm_style == "llava":
+        sizes["max_position_embeddings"] = max(cfg.max_length, 64)
+    else:
+        sizes["max_position_embeddings"] = max(cfg.max_length, 128)
+    try:
+        model, processor = tiny_vlm(cfg.vlm_style, tokenizer, **sizes)
+    except ValueError as e:
+        raise ConfigError(f"tiny {cfg.vlm_style} guard backbone: {e}") from None
+    return model.model, processor
 
 
 # ----------------------------------------------------------------------------- training
@@ -218,6 +267,25 @@ def load_training_records(cfg: GuardTrainConfig) -> dict[str, list[GuardRecord]]
         raise ConfigError(f"--data {cfg.data}: no labelled moderation examples")
     train, calib = stratified_split(records, cfg.calibration_fraction, cfg.seed)
     return {"train": train, "calibration": calib}
+
+
+def _encode_records(encoder: GuardEncoder, records: Sequence[GuardRecord]) -> list[dict[str, Any]]:
+    """Encode every training record (with its images for an image + text guard; each image file
+    is decoded and preprocessed once). An image that cannot be opened is a ``DataError`` naming
+    the record."""
+    from saferlhf.data.multimodal import ImageLoadError
+    from saferlhf.data.validation import DataError
+
+    cache: dict = {}
+    out = []
+    for i, r in enumerate(records):
+        src = r.source or f"training example {i}"
+        try:
+            out.append(encoder.encode(r.prompt, r.response, r.images if encoder.multimodal else None,
+                                      source=src, cache=cache))
+        except (ImageLoadError, GuardInputError) as e:
+            raise DataError(str(e)) from None
+    return out
 
 
 def apply_preset(cfg: GuardTrainConfig) -> GuardTrainConfig:
@@ -242,7 +310,7 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
     ``cfg.data`` (library use, e.g. the world stage). Returns the training summary (also
     written to ``OUT/train_summary.json``).
     """
-    from saferlhf.eval.guard_eval import evaluate_guard_records
+    from saferlhf.eval.guard_eval import evaluate_guard_records, guard_logits
     from saferlhf.io import atomic_files
     from saferlhf.trainers.common import make_accelerator, seed_everything
     from saferlhf.trainers.loop import run_supervised_loop
@@ -261,7 +329,7 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
     model, tokenizer = build_guard_model(cfg, train_records + calib_records)
     gcfg = model.guard_config
     encoder = GuardEncoder(tokenizer, gcfg)
-    encoded = [encoder.encode(r.prompt, r.response) for r in train_records]
+    encoded = _encode_records(encoder, train_records)
     labels = build_labels(train_records, gcfg.categories)
     weights = balanced_weights(labels) if cfg.class_weighting == "balanced" else {}
     if weights:  # undo the class weighting at prediction time (see GuardConfig)
@@ -313,7 +381,7 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
                                "n_train": len(train_records), "n_calibration": len(calib_records),
                                "train": result.final_metrics}
     if calib_records:
-        z = guard.logits([r.prompt for r in calib_records], [r.response for r in calib_records])["unsafe"]
+        z = guard_logits(guard, calib_records)["unsafe"]
         y = np.array([not r.safe for r in calib_records])
         gcfg.temperature = fit_temperature(z, y)
         if cfg.target_fpr is not None and (~y).any():

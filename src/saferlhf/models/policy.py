@@ -178,6 +178,7 @@ def forward_logprobs(
     return_entropy: bool = False,
     micro_batch_size: int | None = None,
     response_mask: torch.Tensor | None = None,
+    image_inputs: Any = None,
     **model_kwargs: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs (B, R) of the response tokens ``sequences[:, P:]``.
@@ -193,6 +194,15 @@ def forward_logprobs(
     extra tensor kwargs (``pixel_values`` …) whose first dim is B are split with it, others are
     passed whole to every micro-batch. ``response_mask`` (B, R), when given, zeroes the values
     at padding columns (otherwise they are the finite log-probs of the pad tokens there).
+
+    Vision-language models: pass the batch's images as ``image_inputs`` (a
+    :class:`saferlhf.models.tiny_vlm.ImageInputs`, one entry per row) rather than raw
+    ``pixel_values``: each micro-batch gets the vision inputs of its own rows
+    (``image_inputs.select``), which is right for every layout (Qwen2-VL's ``pixel_values`` are
+    patches, not rows). Row-aligned extras (``mm_token_type_ids``) are split with the rows.
+    ``processor.vision_logprob_kwargs(sequences, image_inputs)`` builds these kwargs, with
+    ``position_ids=None`` for models that build their own (M-RoPE). Raw ``pixel_values`` are
+    accepted only when the batch is not split (there is no way to tell which rows they belong to).
 
     Returns ``logp`` or, with ``return_entropy``, ``(logp, entropy)``, both (B, R) float32.
     """
@@ -213,12 +223,22 @@ def forward_logprobs(
     explicit_pos_value = model_kwargs.pop("position_ids", None)
     keep = _accepts_kwarg(model, "logits_to_keep")
     mb = micro_batch_size or B
+    if image_inputs is not None and "pixel_values" in model_kwargs:
+        raise ValueError("pass the images either as image_inputs= or as pixel_values=, not both")
+    if mb < B and "pixel_values" in model_kwargs:
+        raise ValueError(
+            "micro_batch_size splits the batch but pixel_values cannot be split by rows; pass the "
+            "images as image_inputs= (ImageInputs) instead")
+    if image_inputs is not None and len(image_inputs.images_per_row) != B:
+        raise ValueError(f"image_inputs has {len(image_inputs.images_per_row)} rows for a batch of {B}")
 
     logps, ents = [], []
     for s in range(0, B, mb):
         e = min(B, s + mb)
         ids, mask = sequences[s:e], attention_mask[s:e]
         kw = _split_kwargs(model_kwargs, B, s, e)
+        if image_inputs is not None:
+            kw.update((image_inputs if (s == 0 and e == B) else image_inputs.select(range(s, e))).kwargs())
         if explicit_pos:
             pos = (
                 explicit_pos_value[s:e]
@@ -434,7 +454,7 @@ class ReferenceModel:
         with self._context() as m:
             device = next(m.parameters()).device
             extra = {
-                k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                k: (v.to(device) if isinstance(v, torch.Tensor) or hasattr(v, "select") else v)
                 for k, v in model_kwargs.items()
             }
             return forward_logprobs(

@@ -274,6 +274,11 @@ class VLMProcessor:
             raise ValueError("a llava-style processor needs num_image_tokens (tokens per image)")
         self.num_image_tokens = int(num_image_tokens) if style == "llava" else None
         self.merge_size = int(getattr(image_processor, "merge_size", 1) or 1) if style == "qwen2_vl" else 1
+        # Caches (training loops collate the same prompts, responses and images many times):
+        # token ids of rendered prompts / responses, and the processed pixels of each image
+        # object (held by a weak reference: a new image with a recycled id() is not mistaken).
+        self._text_cache: dict[tuple, list[int]] = {}
+        self._pixel_cache: dict[int, tuple[Any, dict[str, torch.Tensor]]] = {}
 
     # --- tokenizer pass-through ---------------------------------------------------------
     @property
@@ -316,13 +321,39 @@ class VLMProcessor:
         return self.style == "qwen2_vl"
 
     # --- images -------------------------------------------------------------------------
+    _CACHE_LIMIT = 100_000
+
+    def _processed(self, image) -> dict[str, torch.Tensor]:
+        """The image processor's output for one image, cached per image object."""
+        import weakref
+
+        hit = self._pixel_cache.get(id(image))
+        if hit is not None and hit[0]() is image:
+            return hit[1]
+        out = self.image_processor([image], return_tensors="pt")
+        entry = {"pixel_values": out["pixel_values"]}
+        if "image_grid_thw" in out:
+            entry["image_grid_thw"] = out["image_grid_thw"]
+        try:
+            ref = weakref.ref(image)
+        except TypeError:  # not weak-referenceable: do not cache
+            return entry
+        if len(self._pixel_cache) >= self._CACHE_LIMIT:
+            self._pixel_cache.clear()
+        self._pixel_cache[id(image)] = (ref, entry)
+        return entry
+
     def image_inputs(self, images_per_row: Sequence[Sequence[Any]]) -> ImageInputs:
-        """Run the image processor on every row's PIL images (row order kept)."""
+        """Run the image processor on every row's PIL images (row order kept; each image object
+        is processed once and its pixels reused while it lives)."""
         flat = [im for row in images_per_row for im in row]
         counts = tuple(len(row) for row in images_per_row)
         if not flat:
             return ImageInputs(self.style, None, counts)
-        out = self.image_processor(flat, return_tensors="pt")
+        parts = [self._processed(im) for im in flat]
+        out = {"pixel_values": torch.cat([p["pixel_values"] for p in parts])}
+        if self.style != "llava":
+            out["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in parts])
         pixel_values = out["pixel_values"]
         if self.style == "llava":
             return ImageInputs(self.style, pixel_values, counts)
@@ -389,6 +420,12 @@ class VLMProcessor:
                 out.append(int(t))
         return out
 
+    def _remember(self, key: tuple, ids: list[int]) -> list[int]:
+        if len(self._text_cache) >= self._CACHE_LIMIT:
+            self._text_cache.clear()
+        self._text_cache[key] = list(ids)
+        return self._text_cache[key]
+
     def encode(
         self,
         prompt: Prompt,
@@ -408,12 +445,19 @@ class VLMProcessor:
         images = list(images)
         if counts is None:
             counts = self.tokens_per_image(self.image_inputs([images]))
-        text = self.render_prompt(prompt, len(images))
-        p = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        key = ("prompt", prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True), len(images))
+        p = self._text_cache.get(key)
+        if p is None:
+            text = self.render_prompt(prompt, len(images))
+            p = self._remember(key, self.tokenizer(text, add_special_tokens=False)["input_ids"])
         p = self.expand_image_tokens(p, counts, source=source)
         ids = list(p)
         if response is not None:
-            ids += encode_response(self.tokenizer, self.template, response, add_eos=add_eos)
+            rkey = ("response", response, bool(add_eos))
+            r = self._text_cache.get(rkey)
+            if r is None:
+                r = self._remember(rkey, encode_response(self.tokenizer, self.template, response, add_eos=add_eos))
+            ids += r
         if max_length is not None and len(ids) > max_length:
             if len(p) >= max_length:
                 where = f"{source}: " if source else ""
@@ -443,6 +487,19 @@ class VLMProcessor:
         hold the batch's images: the vision kwargs, and ``position_ids=None`` for Qwen2-VL
         (3-D positions from the model; LLaVA keeps the default ``cumsum(mask) − 1``)."""
         kw: dict[str, Any] = dict(self.model_kwargs(input_ids, image_inputs))
+        if self.uses_own_position_ids:
+            kw["position_ids"] = None
+        return kw
+
+    def vision_logprob_kwargs(self, input_ids: torch.Tensor, image_inputs: ImageInputs) -> dict[str, Any]:
+        """Like :meth:`logprob_kwargs`, but the images stay an :class:`ImageInputs`
+        (``image_inputs=``), so :func:`~saferlhf.models.policy.forward_logprobs` can give each
+        micro-batch the vision inputs of its own rows. Empty for a batch without images."""
+        if image_inputs is None or image_inputs.n_images == 0:
+            return {}
+        kw: dict[str, Any] = {"image_inputs": image_inputs}
+        if self.style == "qwen2_vl":
+            kw["mm_token_type_ids"] = self.mm_token_type_ids(input_ids)
         if self.uses_own_position_ids:
             kw["position_ids"] = None
         return kw
@@ -771,3 +828,104 @@ def load_vlm(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None)
 def is_vlm_dir(path: str | os.PathLike) -> bool:
     """True when ``path`` holds a processor written by :meth:`VLMProcessor.save_pretrained`."""
     return (Path(path) / PROCESSOR_FILE).is_file()
+
+
+# ----------------------------------------------------------------------------- parts / freezing
+VLM_PARTS = ("vision_tower", "projector", "language_model")
+"""The parts of a VLM that can be frozen (config option ``freeze: [...]``)."""
+
+# Attribute names of each part on the transformers base models (LlavaModel: vision_tower,
+# multi_modal_projector, language_model; Qwen2VLModel: visual (whose ``merger`` is the
+# projector), language_model). Looked up by name, so other VLM classes with the same layout work.
+_VISION_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")
+_PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger")
+_LANGUAGE_NAMES = ("language_model", "text_model")
+
+
+def _base_of(model):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    inner = getattr(inner, "module", inner)  # DDP
+    return getattr(inner, "model", None) if hasattr(inner, "lm_head") else inner, inner
+
+
+def vlm_parts(model) -> dict[str, list[torch.nn.Module]]:
+    """The modules of each part of a VLM (a ``*ForConditionalGeneration`` model, its base model,
+    or a :class:`~saferlhf.models.score_model.ScoreModel` on one): ``vision_tower`` (without the
+    projector when the projector sits inside it, as Qwen2-VL's ``merger``), ``projector``,
+    ``language_model`` (+ the LM head of a causal LM). A text model has no vision parts."""
+    if hasattr(model, "score_head") and hasattr(model, "backbone"):
+        model = model.backbone
+    base, top = _base_of(model)
+    base = base if base is not None else top
+    def find(owner, names):
+        return next((getattr(owner, n) for n in names if isinstance(getattr(owner, n, None), torch.nn.Module)), None)
+
+    vision = find(base, _VISION_NAMES)
+    projector = find(base, _PROJECTOR_NAMES) or (find(vision, _PROJECTOR_NAMES) if vision is not None else None)
+    language = find(base, _LANGUAGE_NAMES)
+    parts: dict[str, list[torch.nn.Module]] = {"vision_tower": [], "projector": [], "language_model": []}
+    if vision is not None:
+        parts["vision_tower"].append(vision)
+    if projector is not None:
+        parts["projector"].append(projector)
+    if language is not None:
+        parts["language_model"].append(language)
+        head = getattr(top, "lm_head", None)
+        if isinstance(head, torch.nn.Module):
+            parts["language_model"].append(head)
+    return parts
+
+
+def freeze_vlm_parts(model, freeze: Sequence[str]) -> dict[str, int]:
+    """Freeze (``requires_grad=False``) the named parts of a VLM: any of :data:`VLM_PARTS`.
+
+    The projector keeps its own setting when it sits inside the vision tower (freezing the tower
+    of Qwen2-VL leaves its ``merger`` trainable unless ``projector`` is named too). Returns the
+    number of trainable parameters per part afterwards (and ``other``: e.g. a score head).
+    Raises ``ValueError`` for an unknown part name, or a vision part asked of a text model."""
+    freeze = list(freeze or [])
+    unknown = sorted(set(freeze) - set(VLM_PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) to freeze {unknown}; choose from {list(VLM_PARTS)}")
+    parts = vlm_parts(model)
+    missing = [p for p in freeze if not parts[p]]
+    if missing:
+        raise ValueError(f"cannot freeze {missing}: {type(model).__name__} has no such part "
+                         "(vision_tower / projector exist only in vision-language models)")
+    projector_ids = {id(p) for m in parts["projector"] for p in m.parameters()}
+    for name in ("vision_tower", "language_model", "projector"):
+        if name not in freeze:
+            continue
+        for module in parts[name]:
+            for p in module.parameters():
+                if name == "vision_tower" and id(p) in projector_ids:
+                    continue
+                p.requires_grad_(False)
+    seen: set[int] = set()
+    counts: dict[str, int] = {}
+    for name in ("projector", "vision_tower", "language_model"):
+        n = 0
+        for module in parts[name]:
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    n += p.numel() if p.requires_grad else 0
+        counts[name] = n
+    counts["other"] = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in seen)
+    return counts
+
+
+def is_vlm_model(model) -> bool:
+    """True when ``model`` (or a ScoreModel's backbone) has a vision tower."""
+    return bool(vlm_parts(model)["vision_tower"])
+
+
+def load_processor(path: str | os.PathLike):
+    """The :class:`VLMProcessor` of a VLM checkpoint folder (``vlm_processor.json``), else the
+    plain tokenizer (:func:`saferlhf.models.loading.load_tokenizer`): what every stage reads
+    its inputs with."""
+    if is_vlm_dir(path):
+        return VLMProcessor.from_pretrained(path)
+    from saferlhf.models.loading import load_tokenizer
+
+    return load_tokenizer(path)

@@ -87,6 +87,9 @@ class RolloutBatch:
     prompt_index: torch.Tensor
     response_texts: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    image_inputs: Any = None
+    """Vision-language rollouts: the :class:`saferlhf.models.tiny_vlm.ImageInputs` of the rows
+    (row i holds the images of its prompt), kept aligned by :meth:`select` and :meth:`to`."""
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -140,6 +143,7 @@ class RolloutBatch:
             f.name: (
                 getattr(self, f.name).to(device)
                 if isinstance(getattr(self, f.name), torch.Tensor)
+                or (f.name == "image_inputs" and getattr(self, f.name) is not None)
                 else getattr(self, f.name)
             )
             for f in fields(self)
@@ -164,6 +168,7 @@ class RolloutBatch:
             prompt_index=self.prompt_index[idx],
             response_texts=texts,
             meta=dict(self.meta),
+            image_inputs=None if self.image_inputs is None else self.image_inputs.select(idx.tolist()),
         )
 
     def validate(self) -> None:
@@ -183,6 +188,8 @@ class RolloutBatch:
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
         if self.response_texts is not None and len(self.response_texts) != B:
             raise ValueError(f"{len(self.response_texts)} response_texts for {B} rows")
+        if self.image_inputs is not None and len(self.image_inputs.images_per_row) != B:
+            raise ValueError(f"image_inputs has {len(self.image_inputs.images_per_row)} rows for {B} rows")
         if not torch.equal(self.attention_mask[:, P:].long(), self.response_mask.long()):
             raise ValueError("attention_mask over the response columns differs from response_mask")
         cols = torch.arange(R, device=self.response_mask.device)
@@ -215,8 +222,12 @@ class RolloutBackend(abc.ABC):
         sampling: SamplingParams | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        image_inputs: Any = None,
     ) -> RolloutBatch:
-        """Sample ``n`` responses for every prompt (``n`` defaults to ``sampling.n``)."""
+        """Sample ``n`` responses for every prompt (``n`` defaults to ``sampling.n``).
+
+        ``image_inputs`` (vision-language policies): the prompts' images, one row per prompt
+        (prompt ids then hold the expanded image tokens); the batch carries them per row."""
 
     def sync_weights(self, model: Any) -> None:
         """Make the backend sample from ``model``'s current weights."""

@@ -13,6 +13,17 @@
 * Generation runs under ``torch.inference_mode()`` in eval mode (each submodule's mode is
   restored afterwards); the returned batch holds ordinary tensors built from the ids, so it
   can feed a training forward pass with autograd.
+* Vision-language policies (LLaVA, Qwen2-VL …, through their own transformers classes): give
+  a :class:`saferlhf.models.tiny_vlm.VLMProcessor` as ``tokenizer`` and the prompts' images as
+  ``generate(..., image_inputs=...)`` (one row per prompt; prompt ids with the image tokens
+  expanded, e.g. from ``processor.prepare``). Rows are repeated ``n`` times and split by
+  ``batch_size`` together with their images (``ImageInputs.select``); the processor adds what
+  the model needs besides ``pixel_values`` (Qwen2-VL: ``image_grid_thw``, ``mm_token_type_ids``;
+  the model builds its M-RoPE positions itself). Image tokens are never sampled
+  (``suppress_tokens = processor.image_token_ids``): a generated image token has no features
+  and the next forward pass would fail. Suppression changes the *sampling* distribution only
+  where the policy puts mass on image tokens; ratios and KL are computed from plain forward
+  passes as always.
 """
 
 from __future__ import annotations
@@ -108,6 +119,8 @@ class HFRolloutBackend(RolloutBackend):
         self.batch_size = batch_size
         self.decode = decode
         self.unwrap = unwrap
+        # A VLM processor: vision kwargs for generate, and tokens that must never be sampled.
+        self.suppress_tokens: list[int] = list(getattr(tokenizer, "image_token_ids", None) or [])
         gen_cfg = getattr(unwrap_model(model, unwrap), "generation_config", None)
 
         eos = eos_token_id
@@ -161,6 +174,7 @@ class HFRolloutBackend(RolloutBackend):
             eos_token_id=list(self.eos_token_ids),
             return_dict_in_generate=False,
             output_scores=False,
+            suppress_tokens=list(self.suppress_tokens) or None,
         )
 
     def generate(
@@ -171,6 +185,7 @@ class HFRolloutBackend(RolloutBackend):
         sampling: SamplingParams | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        image_inputs: Any = None,
     ) -> RolloutBatch:
         """Sample ``n`` responses per prompt (rows of a prompt are consecutive).
 
@@ -194,6 +209,14 @@ class HFRolloutBackend(RolloutBackend):
         rows = [p for p in prompts for _ in range(n)]
         prompt_index = [i for i in range(len(prompts)) for _ in range(n)]
         B = len(rows)
+        row_images = None
+        if image_inputs is not None:
+            if len(image_inputs.images_per_row) != len(prompts):
+                raise ValueError(f"image_inputs has {len(image_inputs.images_per_row)} rows for {len(prompts)} prompts")
+            if not hasattr(self.tokenizer, "model_kwargs"):
+                raise ValueError("image_inputs need a VLM processor as the backend's tokenizer (it builds the "
+                                 "vision kwargs)")
+            row_images = image_inputs.repeat_rows(n) if n > 1 else image_inputs
         P = max(len(p) for p in rows)
 
         model = unwrap_model(self.model, self.unwrap)
@@ -215,10 +238,16 @@ class HFRolloutBackend(RolloutBackend):
             _rng_scope(seed, device),
         ):
             for s in range(0, B, step):
+                ids = input_ids[s : s + step]
+                vision = {}
+                if row_images is not None:
+                    part = row_images if (s == 0 and step >= B) else row_images.select(range(s, min(B, s + step)))
+                    vision = self.tokenizer.model_kwargs(ids, part.to(device))
                 out = model.generate(
-                    input_ids=input_ids[s : s + step],
+                    input_ids=ids,
                     attention_mask=attention_mask[s : s + step],
                     generation_config=cfg,
+                    **vision,
                 )
                 responses.extend(out[:, P:].tolist())
 
@@ -233,6 +262,8 @@ class HFRolloutBackend(RolloutBackend):
             batch.response_texts = self.tokenizer.batch_decode(
                 [batch.response_token_ids(i) for i in range(len(batch))], skip_special_tokens=True
             )
+        if row_images is not None:
+            batch.image_inputs = row_images
         batch = batch.to(device)
         batch.meta.update({"backend": "hf", "n": n, "seed": seed, "sampling": sampling})
         return batch

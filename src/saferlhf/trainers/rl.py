@@ -36,6 +36,16 @@ Conventions (DESIGN §5; tested in ``tests/test_rl_trainer.py``):
   truncated response; ``truncation_penalty`` is added to R when there is no EOS), and are
   clipped to ±``clip_score`` in every mode.
 
+Vision-language policies (Safe RLHF-V): when ``--policy`` is a VLM folder (a
+``VLMProcessor`` beside the model) the prompts' images (the records' ``image`` field) are
+loaded once, expanded into the prompt ids by the processor, and travel with the rollout
+(``batch.image_inputs``): generation, old / reference / training log-probs, critic values and
+the reward / cost scorers all see the image of their row (mini-batches select the images of
+their rows). ``actor_freeze`` / ``critic_freeze`` freeze parts of the VLMs
+(``vision_tower``, ``projector``, ``language_model``). A scorer that is a text model (or a VLM
+whose processor differs) re-tokenises the prompt and the decoded response; a text scorer
+never sees the image.
+
 Tests and benchmarks can replace the learned scorers by plain functions
 ``fn(batch: RolloutBatch, prompts: list, texts: list[str]) -> Tensor (B,)`` through
 ``SafeRLTrainer(cfg, reward_fn=..., cost_fn=...)``; the CLI path never does.
@@ -65,6 +75,7 @@ from saferlhf.models.checkpoint import load_template, read_meta, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.policy import ReferenceModel, disable_dropout, forward_logprobs
 from saferlhf.models.score_model import ScoreModel
+from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor
 from saferlhf.rollout.base import RolloutBatch, SamplingParams
 from saferlhf.rollout.hf import HFRolloutBackend
 from saferlhf.trainers.common import (
@@ -100,32 +111,53 @@ class FrozenScorer:
                  device: torch.device) -> None:
         self.model = ScoreModel.from_pretrained(path, normalize=normalize).to(device)
         self.model.requires_grad_(False).eval()
-        self.tokenizer = load_tokenizer(path)
+        self.tokenizer = load_processor(path)
+        self.is_vlm = isinstance(self.tokenizer, VLMProcessor)
         self.template = self.model.template or load_template(path, self.tokenizer)
         self.device = device
         self.same_tokens = (self.tokenizer.get_vocab() == policy_tokenizer.get_vocab()
                             and self.tokenizer.eos_token_id == policy_tokenizer.eos_token_id
-                            and self.template == policy_template)
+                            and self.template == policy_template
+                            and self.is_vlm == isinstance(policy_tokenizer, VLMProcessor)
+                            and (not self.is_vlm or self.tokenizer.to_dict() == policy_tokenizer.to_dict()))
 
     @property
     def retokenizes(self) -> bool:
         return not self.same_tokens
 
     def encode(self, batch: RolloutBatch, prompts: list, response_texts: list[str]):
-        """The (input_ids, attention_mask) the scorer reads for ``batch``."""
+        """The (input_ids, attention_mask, vision kwargs) the scorer reads for ``batch``.
+
+        A VLM scorer reads the rollout's images (the same ids and ``batch.image_inputs`` when it
+        shares the policy's processor; else the prompt, the row's images from
+        ``batch.meta["images"]`` and the decoded response, re-encoded by its own processor). A
+        text scorer reads the text only."""
         if self.same_tokens:
-            return batch.sequences.to(self.device), batch.attention_mask.to(self.device)
+            vision = {}
+            if self.is_vlm and batch.image_inputs is not None:
+                vision = self.tokenizer.model_kwargs(batch.sequences, batch.image_inputs.to(self.device))
+            return batch.sequences.to(self.device), batch.attention_mask.to(self.device), vision
+        if self.is_vlm:
+            images = batch.meta.get("images")
+            if images is None:
+                images = [[] for _ in prompts]
+            examples = [self.tokenizer.encode(p, imgs, text, add_eos=bool(eos), source=f"rollout row {i}")
+                        for i, (p, imgs, text, eos) in enumerate(zip(prompts, images, response_texts,
+                                                                      batch.ended_with_eos.tolist(), strict=True))]
+            vb = self.tokenizer.pad(examples, padding_side="right")
+            vision = {k: v.to(self.device) for k, v in vb.items() if k not in ("input_ids", "attention_mask")}
+            return vb["input_ids"].to(self.device), vb["attention_mask"].to(self.device), vision
         ids = []
         for p, text, eos in zip(prompts, response_texts, batch.ended_with_eos.tolist(), strict=True):
             full, _ = encode_prompt_response(self.tokenizer, self.template, p, text)
             ids.append(full if eos else full[:-1])
         seq, mask = pad_sequences(ids, self.tokenizer.pad_token_id, side="right")
-        return seq.to(self.device), mask.to(self.device)
+        return seq.to(self.device), mask.to(self.device), {}
 
     @torch.inference_mode()
     def score(self, batch: RolloutBatch, prompts: list, response_texts: list[str]) -> torch.Tensor:
-        seq, mask = self.encode(batch, prompts, response_texts)
-        return self.model(input_ids=seq, attention_mask=mask).end_scores[:, 0].float()
+        seq, mask, vision = self.encode(batch, prompts, response_texts)
+        return self.model(input_ids=seq, attention_mask=mask, **vision).end_scores[:, 0].float()
 
 
 class FunctionScorer:
@@ -147,13 +179,16 @@ class FunctionScorer:
         return out
 
 
-def critic_values(critic, batch_seq: torch.Tensor, batch_mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
-    """Values V[t] aligned with ``logp[t]``: the critic's score at column ``P − 1 + t``.
+def critic_values_all(critic, batch_seq: torch.Tensor, batch_mask: torch.Tensor, prompt_length: int,
+                      **vision: Any) -> torch.Tensor:
+    """Values V[t] aligned with ``logp[t]``, (B, R, D): the critic's scores at column ``P − 1 + t``
+    (D = 1, or one head per stream for a shared reward/cost critic).
 
     The state before response token t is the prefix ending at column P − 1 + t, the same
-    column whose logits give token t's log-prob.
+    column whose logits give token t's log-prob. ``vision``: the rows' vision inputs for a VLM
+    critic (``pixel_values`` …).
     """
-    scores = critic(input_ids=batch_seq, attention_mask=batch_mask).scores[..., 0]
+    scores = critic(input_ids=batch_seq, attention_mask=batch_mask, **vision).scores
     return scores[:, prompt_length - 1: -1].float()
 
 
@@ -236,12 +271,16 @@ ALGOS: dict[str, Algo] = {
 
 
 def _load_prompts(path: str) -> list:
+    return [r.prompt for r in _load_prompt_records(path)]
+
+
+def _load_prompt_records(path: str) -> list:
     from saferlhf.data import load_prompts
 
     records = load_prompts(path).records
     if not records:
         raise ConfigError(f"--prompts {path}: no prompts found")
-    return [r.prompt for r in records]
+    return records
 
 
 _MUST_BE_FINITE = ("reward", "cost", "kl", "train/policy_loss", "train/reward_value_loss",
@@ -290,13 +329,21 @@ class SafeRLTrainer:
         acc = self.accelerator
         dev = acc.device
 
-        self.tokenizer = load_tokenizer(cfg.policy)
+        self.tokenizer = load_processor(cfg.policy)
+        self.is_vlm = isinstance(self.tokenizer, VLMProcessor)
         self.template = load_template(cfg.policy, self.tokenizer)
         self.policy_meta = read_meta(cfg.policy)
+        if (cfg.actor_freeze or cfg.critic_freeze) and not self.is_vlm:
+            raise ConfigError("actor_freeze / critic_freeze name parts of a vision-language model; "
+                              f"--policy {cfg.policy} is a text model")
+        if self.is_vlm and cfg.ptx_data:
+            raise ConfigError("the PTX loss is not available for vision-language policies yet (drop --ptx-data)")
         policy = load_causal_lm(cfg.policy, dtype="fp32", gradient_checkpointing=cfg.gradient_checkpointing)
         if cfg.lora_r:
             policy = apply_lora(policy, {"r": cfg.lora_r, "alpha": cfg.lora_alpha,
                                          "target_modules": list(cfg.lora_targets) or "all-linear"})
+        if cfg.actor_freeze:  # after LoRA: adapters inside a frozen part stay frozen too
+            freeze_vlm_parts(policy, cfg.actor_freeze)
         disable_dropout(policy)  # dropout would make the first-epoch ratio differ from 1
         policy.to(dev)
         # The reference is the LoRA-disabled policy (no copy) or a frozen copy, made before training.
@@ -314,16 +361,7 @@ class SafeRLTrainer:
             self.cost_scorer = FrozenScorer(cfg.cost_model, self.tokenizer, self.template,
                                             normalize=cfg.normalize_cost, device=dev)
 
-        critics = {}
-        for name in self.algo.critics:
-            injected = reward_fn is not None if name == "reward" else cost_fn is not None
-            src = cfg.reward_model if name == "reward" else cfg.cost_model
-            if cfg.critic_init == "policy" or injected:
-                critic = ScoreModel.from_backbone(policy, score_type="critic", dtype=None)
-            else:
-                critic = ScoreModel.from_pretrained(src, normalize=False, score_type="critic")
-            disable_dropout(critic)
-            critics[name] = critic.to(dev)
+        critics, self.critic_streams = self._build_critics(policy, reward_fn, cost_fn, dev)
 
         self.actor_opt = make_optimizer(policy.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
         critic_opts = {n: make_optimizer(c.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
@@ -352,8 +390,16 @@ class SafeRLTrainer:
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
                                        repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
-        self.prompts = _load_prompts(cfg.prompts)
-        self.eval_prompts = _load_prompts(cfg.eval_prompts) if cfg.eval_prompts else None
+        records = _load_prompt_records(cfg.prompts)
+        eval_records = _load_prompt_records(cfg.eval_prompts) if cfg.eval_prompts else None
+        self.prompts = [r.prompt for r in records]
+        self.eval_prompts = [r.prompt for r in eval_records] if eval_records else None
+        # Image references of every prompt (VLM policies only; a text policy ignores images).
+        self.prompt_images = [list(r.images) for r in records] if self.is_vlm else None
+        self.eval_prompt_images = [list(r.images) for r in eval_records] if (self.is_vlm and eval_records) else None
+        self.prompt_sources = [r.source for r in records]
+        self.eval_prompt_sources = [r.source for r in eval_records] if eval_records else None
+        self._image_cache: dict = {}
         self.ptx = self._load_ptx() if cfg.ptx_data else None
         self.state = TrainerState()
         self._last_samples: list[dict[str, Any]] = []
@@ -370,6 +416,10 @@ class SafeRLTrainer:
     def _prompt_batch(self, iteration: int) -> list:
         """This process's prompts of rollout batch ``iteration`` (depends only on the seed,
         the iteration, the rank and the world size, so a resumed run sees the same ones)."""
+        return [self.prompts[i] for i in self._prompt_indices(iteration)]
+
+    def _prompt_indices(self, iteration: int) -> list[int]:
+        """Indices into ``self.prompts`` of rollout batch ``iteration`` (see :meth:`_prompt_batch`)."""
         acc, n, bs = self.accelerator, len(self.prompts), self.cfg.rollout_batch_size
         per_epoch = max(1, math.ceil(n / (bs * acc.num_processes)))
         epoch, k = divmod(iteration, per_epoch)
@@ -379,12 +429,43 @@ class SafeRLTrainer:
         if len(idx) < bs:  # top up the last short batch so every batch has the same size
             extra = np.random.default_rng([self.cfg.seed, iteration, acc.process_index]).choice(n, bs - len(idx))
             idx = idx + extra.tolist()
-        return [self.prompts[i] for i in idx]
+        return list(idx)
 
     # ------------------------------------------------------------------ rollout
-    def _rollout(self, prompts: list, seed: int, sampling: SamplingParams | None = None):
-        ids = [encode_prompt(self.tokenizer, self.template, p) for p in prompts]
-        batch = self.backend.generate(ids, sampling=sampling or self.sampling, seed=seed)
+    def _load_images(self, refs: list, source: str) -> list:
+        from saferlhf.data.multimodal import load_image
+
+        out = []
+        for ref in refs:
+            key = ref if isinstance(ref, str) else None
+            if key is not None and key in self._image_cache:
+                out.append(self._image_cache[key])
+                continue
+            image = load_image(ref, source=source)
+            if key is not None:
+                self._image_cache[key] = image
+            out.append(image)
+        return out
+
+    def _rollout(self, prompts: list, seed: int, sampling: SamplingParams | None = None,
+                 images: list | None = None, sources: list | None = None):
+        """Sample responses for ``prompts``. ``images`` (VLM policies): each prompt's image
+        references (loaded and cached here; a missing or corrupt image raises
+        :class:`~saferlhf.data.multimodal.ImageLoadError` naming the prompt's record)."""
+        image_inputs, pil = None, None
+        if self.is_vlm:
+            images = images if images is not None else [[] for _ in prompts]
+            sources = sources or [f"prompt {i}" for i in range(len(prompts))]
+            pil = [self._load_images(refs, src) for refs, src in zip(images, sources, strict=True)]
+            vb = self.tokenizer.prepare(prompts, pil, padding_side="left", sources=sources)
+            ids = [row[m.bool()].tolist() for row, m in zip(vb["input_ids"], vb["attention_mask"])]
+            image_inputs = vb.image_inputs
+        else:
+            ids = [encode_prompt(self.tokenizer, self.template, p) for p in prompts]
+        batch = self.backend.generate(ids, sampling=sampling or self.sampling, seed=seed,
+                                      **({"image_inputs": image_inputs} if image_inputs is not None else {}))
+        if pil is not None:
+            batch.meta["images"] = [pil[i] for i in batch.prompt_index.tolist()]
         rep_prompts = [prompts[i] for i in batch.prompt_index.tolist()]
         texts = batch.response_texts or [
             self.tokenizer.decode(r[m.bool()], skip_special_tokens=True)
@@ -413,9 +494,12 @@ class SafeRLTrainer:
         cfg, acc = self.cfg, self.accelerator
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        prompts = self._prompt_batch(iteration)
+        indices = self._prompt_indices(iteration)
+        prompts = [self.prompts[i] for i in indices]
         seed = cfg.seed * 1_000_003 + iteration * acc.num_processes + acc.process_index
-        batch, rep_prompts, texts = self._rollout(prompts, seed)
+        images = [self.prompt_images[i] for i in indices] if self.prompt_images is not None else None
+        batch, rep_prompts, texts = self._rollout(prompts, seed, images=images,
+                                                  sources=[self.prompt_sources[i] or f"prompt {i}" for i in indices])
         batch = batch.to(acc.device)
         timings["time/generate"] = time.perf_counter() - t0
 
@@ -423,16 +507,22 @@ class SafeRLTrainer:
         reward, cost = self._score(batch, rep_prompts, texts)
         P = batch.prompt_length
         mask = batch.response_mask.float()
+        lp_vision = self._logprob_vision(batch.sequences, batch.image_inputs)
+        critic_vision = self._critic_vision(batch.sequences, batch.image_inputs)
         with torch.inference_mode():  # each frozen / old model runs once per rollout batch
             self.policy.eval()
             logp_old = forward_logprobs(self.policy, batch.sequences, batch.attention_mask, prompt_length=P,
-                                        temperature=cfg.temperature, response_mask=batch.response_mask)
+                                        temperature=cfg.temperature, response_mask=batch.response_mask,
+                                        **lp_vision)
             logp_ref = self.reference.logprobs(batch.sequences, batch.attention_mask, prompt_length=P,
-                                               temperature=cfg.temperature, response_mask=batch.response_mask)
+                                               temperature=cfg.temperature, response_mask=batch.response_mask,
+                                               **lp_vision)
             values = {}
-            for name, critic in self.critics.items():
+            for cname, critic in self.critics.items():
                 critic.eval()
-                values[name] = critic_values(critic, batch.sequences, batch.attention_mask, P) * mask
+                v = critic_values_all(critic, batch.sequences, batch.attention_mask, P, **critic_vision)
+                for stream, head in self.critic_streams[cname]:
+                    values[stream] = v[..., head] * mask
         # Inference tensors cannot be saved for backward: clone them into ordinary tensors.
         logp_old, logp_ref = logp_old.clone(), logp_ref.clone()
         k1 = L.kl_k1(logp_old, logp_ref) * mask
@@ -464,7 +554,7 @@ class SafeRLTrainer:
             "advantage_mean": L.masked_mean(adv, mask).item(),
             "advantage_std": L.masked_var(adv, mask).sqrt().item(),
         }
-        for name in self.critics:
+        for name in self.algo.critics:
             stats[f"critic/{name}_explained_variance"] = L.explained_variance(
                 t.values[name], t.returns[name], mask).item()
             stats[f"critic/{name}_value_mean"] = L.masked_mean(t.values[name], mask).item()
@@ -485,6 +575,57 @@ class SafeRLTrainer:
             for i, (p, r) in enumerate(zip(rep_prompts[:4], texts[:4]))
         ]
         return batch, t, stats
+
+    # ------------------------------------------------------------------ vision inputs
+    def _logprob_vision(self, seq: torch.Tensor, image_inputs) -> dict[str, Any]:
+        """``forward_logprobs`` kwargs for rows holding ``image_inputs`` (empty for text)."""
+        if not self.is_vlm or image_inputs is None:
+            return {}
+        return self.tokenizer.vision_logprob_kwargs(seq, image_inputs.to(seq.device))
+
+    def _build_critics(self, policy, reward_fn, cost_fn, dev) -> tuple[dict[str, ScoreModel], dict[str, list]]:
+        """The critics and, per critic, the streams its value heads estimate: ``{critic: [(stream,
+        head)]}``. ``separate``: one critic per stream, each from its score model (or the
+        policy). ``shared``: one backbone, started from the reward model, with one value head
+        per stream (the reward head copied from the reward model, the cost head fresh): one
+        critic forward and backward per mini-batch instead of two (DESIGN §11)."""
+        cfg, streams = self.cfg, self.algo.critics
+
+        def start(name: str) -> ScoreModel:
+            injected = reward_fn is not None if name == "reward" else cost_fn is not None
+            if cfg.critic_init == "policy" or injected:
+                return ScoreModel.from_backbone(policy, score_type="critic", dtype=None)
+            src = cfg.reward_model if name == "reward" else cfg.cost_model
+            return ScoreModel.from_pretrained(src, normalize=False, score_type="critic")
+
+        if cfg.critic_mode == "shared" and len(streams) > 1:
+            first = start(streams[0])
+            critic = ScoreModel.from_backbone(first, score_type="critic", score_dim=len(streams), dtype=None,
+                                              seed=cfg.seed)
+            with torch.no_grad():  # the first stream keeps its score model's head as its value head
+                critic.score_head.weight[0].copy_(first.score_head.weight[0])
+                if critic.score_head.bias is not None and first.score_head.bias is not None:
+                    critic.score_head.bias[0].copy_(first.score_head.bias[0])
+                critic.score_head.weight[1:].zero_()  # the other heads start at V = 0
+                if critic.score_head.bias is not None:
+                    critic.score_head.bias[1:].zero_()
+            built = {"shared": critic}
+            plan = {"shared": [(name, k) for k, name in enumerate(streams)]}
+        else:
+            built = {name: start(name) for name in streams}
+            plan = {name: [(name, 0)] for name in streams}
+        for critic in built.values():
+            if cfg.critic_freeze:
+                freeze_vlm_parts(critic, cfg.critic_freeze)
+            disable_dropout(critic)
+            critic.to(dev)
+        return built, plan
+
+    def _critic_vision(self, seq: torch.Tensor, image_inputs) -> dict[str, Any]:
+        """Vision kwargs of a VLM critic (ScoreModel) for rows holding ``image_inputs``."""
+        if not self.is_vlm or image_inputs is None:
+            return {}
+        return self.tokenizer.model_kwargs(seq, image_inputs.to(seq.device))
 
     # ------------------------------------------------------------------ update
     def _ptx_loss(self, minibatch: int) -> torch.Tensor:
@@ -518,8 +659,10 @@ class SafeRLTrainer:
                 idx = order[start:start + cfg.mini_batch_size].to(acc.device)
                 seq, am = batch.sequences[idx], batch.attention_mask[idx]
                 mask = t.mask[idx]
+                mb_images = None if batch.image_inputs is None else batch.image_inputs.select(idx.tolist())
                 logp, ent = forward_logprobs(self.policy, seq, am, prompt_length=P, temperature=cfg.temperature,
-                                             return_entropy=True, response_mask=batch.response_mask[idx])
+                                             return_entropy=True, response_mask=batch.response_mask[idx],
+                                             **self._logprob_vision(seq, mb_images))
                 if epoch == 0 and start == 0:
                     # Nothing has been updated yet: the ratio must be exactly 1 on every token.
                     dev = (torch.exp(logp.detach() - t.logp_old[idx]) - 1).abs() * mask
@@ -545,18 +688,21 @@ class SafeRLTrainer:
                 self.actor_opt.step()
                 add({"train/policy_loss": pl.item(), "train/entropy": L.masked_mean(ent.detach(), mask).item(),
                      **{f"train/{k}": v for k, v in pst.items()}})
-                for name, critic in self.critics.items():
-                    v = critic_values(critic, seq, am, P)
-                    vl, vst = L.value_loss(v, t.values[name][idx], t.returns[name][idx], mask,
-                                           clip_eps_v=cfg.clip_eps_value, agg=cfg.loss_agg)
-                    opt = self.critic_opts[name]
+                for cname, critic in self.critics.items():
+                    v_all = critic_values_all(critic, seq, am, P, **self._critic_vision(seq, mb_images))
+                    critic_loss = 0.0
+                    for name, head in self.critic_streams[cname]:  # a shared critic: the sum of its heads' losses
+                        vl, vst = L.value_loss(v_all[..., head], t.values[name][idx], t.returns[name][idx], mask,
+                                               clip_eps_v=cfg.clip_eps_value, agg=cfg.loss_agg)
+                        critic_loss = critic_loss + vl
+                        add({f"train/{name}_value_loss": vl.item(),
+                             **{f"train/{name}_value_{k}": val for k, val in vst.items()}})
+                    opt = self.critic_opts[cname]
                     opt.zero_grad(set_to_none=True)
-                    acc.backward(vl)
+                    acc.backward(critic_loss)
                     if cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                     opt.step()
-                    add({f"train/{name}_value_loss": vl.item(),
-                         **{f"train/{name}_value_{k}": val for k, val in vst.items()}})
                 mb_counter += 1
         out = {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else float("nan")
                for k, v in acc_stats.items()}
@@ -579,13 +725,18 @@ class SafeRLTrainer:
     @torch.no_grad()
     def evaluate(self, prompts: list | None = None, *, limit: int = 256) -> dict[str, float]:
         """Score one sample per held-out prompt (fixed seed, the training sampling settings)."""
+        images = sources = None
+        if prompts is None and self.eval_prompts:
+            images = self.eval_prompt_images[:limit] if self.eval_prompt_images is not None else None
+            sources = [s or f"eval prompt {i}" for i, s in enumerate(self.eval_prompt_sources[:limit])]
         prompts = (prompts or self.eval_prompts or [])[:limit]
         if not prompts:
             return {}
         sampling = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                   top_k=self.cfg.top_k or None, max_new_tokens=self.cfg.max_new_tokens,
                                   repetition_penalty=self.cfg.repetition_penalty, n=1)
-        batch, rep, texts = self._rollout(prompts, seed=self.cfg.seed + 99_991, sampling=sampling)
+        batch, rep, texts = self._rollout(prompts, seed=self.cfg.seed + 99_991, sampling=sampling,
+                                          images=images, sources=sources)
         batch = batch.to(self.accelerator.device)
         reward, cost = self._score(batch, rep, texts)
         out = {"reward": reward.mean().item(), "response_length": batch.response_lengths.float().mean().item()}
@@ -664,7 +815,8 @@ class SafeRLTrainer:
                 fh.write(json.dumps({"iteration": step, **s}) + "\n")
 
     def save(self, out: Path) -> None:
-        """Final artefacts: ``policy/`` (merged when LoRA), ``{reward,cost}_critic/``,
+        """Final artefacts: ``policy/`` (merged when LoRA), ``{reward,cost}_critic/`` (or
+        ``shared_critic/``: one value head per stream),
         ``lagrange.json`` — each written atomically, on the main process only."""
         acc = self.accelerator
         acc.wait_for_everyone()

@@ -3,6 +3,15 @@
 ``saferlhf sft --data FILE --out DIR [--model tiny|DIR] [--tokenizer DIR]``. With
 ``--model tiny`` a tiny Llama-style LM sized to the tokenizer's vocabulary is trained from
 scratch (the verifiable world); otherwise any causal LM folder, optionally with LoRA.
+
+Vision-language models (Safe RLHF-V): ``--model tiny-llava`` / ``tiny-llava-siglip`` /
+``tiny-qwen2_vl`` build a tiny VLM of that style sized to ``--tokenizer``
+(:func:`saferlhf.models.tiny_vlm.tiny_vlm`), and a VLM folder (one with a
+``VLMProcessor``, e.g. written by :func:`~saferlhf.models.tiny_vlm.save_vlm`) trains through
+its own transformers class. Records are collated with their images
+(:func:`saferlhf.data.multimodal.collate_vlm_sft`; a record without an image is plain text);
+``--freeze vision_tower,projector,language_model`` keeps parts of the VLM fixed. A missing or
+unreadable image stops the run with an error naming the record.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from saferlhf.losses import sft_loss
 from saferlhf.models.checkpoint import load_template, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.tiny import tiny_llama
+from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor, tiny_vlm
 from saferlhf.trainers.common import (
     encode_prompt_responses,
     make_accelerator,
@@ -191,8 +201,34 @@ def sft_step(model, batch) -> tuple[torch.Tensor, dict[str, float]]:
     return loss, {"token_accuracy": float(acc)}
 
 
+TINY_VLM_MODELS = {"tiny-llava": "llava", "tiny-llava-siglip": "llava-siglip", "tiny-qwen2_vl": "qwen2_vl"}
+"""``--model`` values that build a tiny VLM of a style from ``--tokenizer``."""
+
+
+def vlm_sft_step(model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`sft_step` for a VLM batch: every model input of the batch (``pixel_values`` …) goes
+    to the model; the loss is the same token cross-entropy on the labelled response tokens."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    loss = sft_loss(logits, batch["labels"])
+    with torch.no_grad():
+        pred = logits[:, :-1].argmax(-1)
+        tgt = batch["labels"][:, 1:]
+        valid = tgt != IGNORE
+        acc = ((pred == tgt) & valid).sum() / valid.sum().clamp(min=1)
+    return loss, {"token_accuracy": float(acc)}
+
+
 def _load_model_and_tokenizer(cfg: SFTConfig):
-    if cfg.model == "tiny":
+    if cfg.model in TINY_VLM_MODELS:
+        if cfg.tokenizer is None:
+            raise ConfigError(f"--model {cfg.model} needs --tokenizer DIR (the tiny VLM is sized to its vocabulary)")
+        heads = max(1, cfg.tiny_hidden // 32)
+        model, tokenizer = tiny_vlm(TINY_VLM_MODELS[cfg.model], load_tokenizer(cfg.tokenizer),
+                                    hidden_size=cfg.tiny_hidden, num_layers=cfg.tiny_layers, num_heads=heads,
+                                    max_position_embeddings=max(cfg.max_length, 64), seed=cfg.seed)
+        template = tokenizer.template
+    elif cfg.model == "tiny":
         if cfg.tokenizer is None:
             raise ConfigError("--model tiny needs --tokenizer DIR (the tiny model is sized to its vocabulary)")
         tokenizer = load_tokenizer(cfg.tokenizer)
@@ -203,13 +239,18 @@ def _load_model_and_tokenizer(cfg: SFTConfig):
     else:
         if not Path(cfg.model).is_dir():
             raise FileNotFoundError(f"--model {cfg.model}: not a folder (give 'tiny' or a save_pretrained dir)")
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+        tokenizer = load_processor(cfg.tokenizer or cfg.model)
         model = load_causal_lm(cfg.model, dtype="fp32" if cfg.precision != "bf16" else "bf16",
                                gradient_checkpointing=cfg.gradient_checkpointing)
         template = load_template(cfg.model, tokenizer)
+    if cfg.freeze and not isinstance(tokenizer, VLMProcessor):
+        raise ConfigError(f"--freeze {cfg.freeze}: parts of a vision-language model, but --model {cfg.model} "
+                          "is a text model")
     spec = lora_spec(cfg)
     if spec is not None:
         model = apply_lora(model, spec)
+    if cfg.freeze:  # after LoRA: adapters inside a frozen part stay frozen too
+        freeze_vlm_parts(model, cfg.freeze)
     return model, tokenizer, template
 
 
@@ -223,6 +264,9 @@ def run_sft(cfg: SFTConfig) -> Path:
     records = load_sft(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
     if not records:
         raise ConfigError(f"--data {cfg.data}: no usable SFT records")
+    if isinstance(tokenizer, VLMProcessor):
+        return _run_vlm_sft(cfg, accelerator, model, tokenizer, template, records)
+    warn_images_ignored(records, cfg.model, "SFT")
     train = encode_sft_examples(records, tokenizer, template, cfg.max_length)
     evals = None
     if cfg.eval_data:
@@ -255,4 +299,54 @@ def run_sft(cfg: SFTConfig) -> Path:
         save_policy(accelerator.unwrap_model(model), tokenizer, cfg.out, template=template,
                     meta={"stage": "sft", "steps": result.steps, "final_metrics": result.final_metrics,
                           "eval_metrics": result.eval_metrics})
+    return Path(cfg.out)
+
+
+def warn_images_ignored(records, model: str, stage: str) -> None:
+    """A text model trained on records that carry images reads their text only: say so."""
+    n = sum(1 for r in records if getattr(r, "images", None))
+    if n:
+        warnings.warn(f"{stage}: {n} of {len(records)} records carry images but --model {model} is a text "
+                      "model: the images are ignored (use a VLM to train on them)", stacklevel=3)
+
+
+def _run_vlm_sft(cfg: SFTConfig, accelerator, model, processor, template: Template, records) -> Path:
+    """SFT of a VLM: batches collated with their images, the same loss and loop as text."""
+    from saferlhf.data import load_sft
+    from saferlhf.data.multimodal import collate_vlm_sft
+
+    cache: dict = {}
+    evals = None
+    if cfg.eval_data:
+        evals = load_sft(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+
+    def to_device(batch):
+        return {k: v.to(accelerator.device) for k, v in batch.items()}
+
+    def evaluate(m) -> dict[str, float]:
+        m.eval()
+        tot, n = {"loss": 0.0, "token_accuracy": 0.0}, 0
+        with torch.inference_mode():
+            for i in range(0, len(evals), cfg.batch_size):
+                batch = to_device(collate_vlm_sft(evals[i:i + cfg.batch_size], processor,
+                                                  max_length=cfg.max_length, image_cache=cache))
+                loss, met = vlm_sft_step(m, batch)
+                k = len(batch["input_ids"])
+                tot["loss"] += float(loss) * k
+                tot["token_accuracy"] += met["token_accuracy"] * k
+                n += k
+        return {k: v / max(n, 1) for k, v in tot.items()}
+
+    def collate(indices):
+        return to_device(collate_vlm_sft([records[i] for i in indices], processor, max_length=cfg.max_length,
+                                         image_cache=cache))
+
+    result = run_supervised_loop(cfg, accelerator, model, n_examples=len(records), collate=collate,
+                                 loss_fn=vlm_sft_step, evaluate=evaluate if evals else None, name="sft")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_policy(accelerator.unwrap_model(model), processor, cfg.out, template=template,
+                    meta={"stage": "sft", "steps": result.steps, "final_metrics": result.final_metrics,
+                          "eval_metrics": result.eval_metrics, "modality": "image-text",
+                          "freeze": list(cfg.freeze)})
     return Path(cfg.out)

@@ -73,7 +73,17 @@ def load_records(
     keep_contradictory_labels: keep pairs whose safer response is the one labelled unsafe
         (reported as warnings instead of bad records), e.g. to study label noise.
     chosen_is: for chosen/rejected data, what ``chosen`` wins on: better | safer | both.
+
+    ``beavertails-v:SOURCE?categories=a+b&per_category=N&...`` merges BeaverTails-V's category
+    configs with category-balanced sampling (``saferlhf.data.beavertails_v``).
     """
+    if isinstance(source, str) and source.startswith("beavertails-v:"):
+        from saferlhf.data.beavertails_v import load_beavertails_v_spec
+
+        return load_beavertails_v_spec(
+            source, format=format, split=split, config=config, revision=revision, column_map=column_map,
+            image_root=image_root, on_bad_record=on_bad_record, limit=limit, verify_images=verify_images,
+            keep_contradictory_labels=keep_contradictory_labels, chosen_is=chosen_is)
     check_policy(on_bad_record)
     if chosen_is not in CHOSEN_IS:
         raise ValueError(f"chosen_is must be one of {CHOSEN_IS}, got {chosen_is!r}")

@@ -304,19 +304,32 @@ def sample_pairs(
     noise: float,
     mix: dict[str, dict[str, float]],
 ) -> list[dict[str, Any]]:
-    """``n`` labelled pairs: a prompt drawn from ``prompts``, two different responses drawn
-    independently from the demonstrator."""
+    """``n`` labelled pairs: a prompt drawn from ``prompts`` and two different responses.
+
+    A fraction ``spec["contrast_pairs"]["fraction"]`` are contrast pairs (an on-topic answer of
+    a type drawn from ``contrast_pairs["on_topic"]`` against an ``off_topic`` answer, in random
+    order: see ``CONTRAST_PAIRS`` in ``language.py`` for why); the others hold two independent
+    draws from the demonstrator ``mix``. Both kinds go through the same annotator and noise."""
+    contrast = world.spec.get("contrast_pairs") or {"fraction": 0.0}
+    on_topic = contrast.get("on_topic", {"full": 1.0})
     out = []
     for _ in range(n):
         rec = rng.choice(prompts)
         topic = world.topic_by_name[rec["topic"]]
-        t0 = sample_type(rng, mix, rec["prompt_kind"])
-        r0 = sample_response(rng, world, topic, t0)
-        while True:
-            t1 = sample_type(rng, mix, rec["prompt_kind"])
-            r1 = sample_response(rng, world, topic, t1)
-            if r1 != r0:
-                break
+        if contrast["fraction"] > 0 and rng.random() < contrast["fraction"]:
+            types = [rng.choices(list(on_topic), weights=list(on_topic.values()))[0], "off_topic"]
+            if rng.random() < 0.5:
+                types.reverse()
+            t0, t1 = types
+            r0, r1 = sample_response(rng, world, topic, t0), sample_response(rng, world, topic, t1)
+        else:
+            t0 = sample_type(rng, mix, rec["prompt_kind"])
+            r0 = sample_response(rng, world, topic, t0)
+            while True:
+                t1 = sample_type(rng, mix, rec["prompt_kind"])
+                r1 = sample_response(rng, world, topic, t1)
+                if r1 != r0:
+                    break
         out.append(label_pair(world, rec["prompt"], (r0, r1), (t0, t1), rng, noise_rng, noise))
     return out
 

@@ -20,6 +20,8 @@ Design points (see ``docs/world.md``):
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any
 
 # The world labels harm with the 19 PKU-SafeRLHF categories (one taxonomy, defined once).
@@ -460,6 +462,17 @@ RESPONSE_MIX: dict[str, dict[str, float]] = {
 }
 
 
+# Contrast pairs in the preference data: an on-topic answer against an off-topic answer of the
+# same shape, on the same prompt. Pairs of two independent demonstrations contain an off-topic
+# answer in ~20 % of cases and almost never against an answer that differs only in its steps; a
+# 2-layer reward model trained on them scores responses nearly independently of the prompt
+# (measured: another topic's complete answer outscored the right one on 100 % of benign
+# prompts) and RL gives every prompt the same high-scoring answer. With 35 % contrast pairs
+# the reward model binds steps to the request (the best universal answer wins on ~10 % of
+# prompts). An annotation campaign adds such pairs after red-teaming its reward model.
+CONTRAST_PAIRS: dict[str, Any] = {"fraction": 0.35, "on_topic": {"full": 2.0, "partial": 1.0}}
+
+
 def default_topics() -> list[dict[str, Any]]:
     """The topic table as plain dicts (the form stored in ``world.json``)."""
     topics: list[dict[str, Any]] = []
@@ -522,6 +535,7 @@ def default_spec() -> dict[str, Any]:
         "filler": FILLER,
         "rules": dict(RULES),
         "response_mix": {k: dict(v) for k, v in RESPONSE_MIX.items()},
+        "contrast_pairs": copy.deepcopy(CONTRAST_PAIRS),
     }
 
 
