@@ -18,22 +18,18 @@ from saferlhf.config import ConfigError
 def run_world_generate(cfg) -> dict[str, Any]:
     from saferlhf.data.world import generate_world
 
+    sizes = dict(n_sft=cfg.n_sft, n_pairs_train=cfg.n_pairs_train, n_pairs_eval=cfg.n_pairs_eval,
+                 n_prompts_train=cfg.n_prompts_train, n_eval_benign=cfg.n_eval_benign,
+                 n_eval_harmful=cfg.n_eval_harmful)
     if cfg.modality == "image-text":
         from saferlhf.data.world.image import generate_image_world
 
-        meta = generate_image_world(cfg.out, seed=cfg.seed, noise=cfg.noise, n_sft=cfg.n_sft,
-                                    n_pairs_train=cfg.n_pairs_train, n_pairs_eval=cfg.n_pairs_eval,
-                                    n_prompts_train=cfg.n_prompts_train, n_eval_benign=cfg.n_eval_benign,
-                                    n_eval_harmful=cfg.n_eval_harmful)
-        print(f"image world written to {cfg.out} (seed {cfg.seed}, noise {cfg.noise}, {meta['n_images']} images, "
-              f"vocabulary {len(meta.get('vocabulary', []))} words)")
-        return meta
-    meta = generate_world(cfg.out, seed=cfg.seed, noise=cfg.noise, n_sft=cfg.n_sft,
-                          n_pairs_train=cfg.n_pairs_train, n_pairs_eval=cfg.n_pairs_eval,
-                          n_prompts_train=cfg.n_prompts_train, n_eval_benign=cfg.n_eval_benign,
-                          n_eval_harmful=cfg.n_eval_harmful)
-    print(f"world written to {cfg.out} (seed {cfg.seed}, noise {cfg.noise}, "
-          f"vocabulary {len(meta.get('vocabulary', []))} words)")
+        meta = generate_image_world(cfg.out, seed=cfg.seed, noise=cfg.noise, **sizes)
+        what = f"image world written to {cfg.out} (seed {cfg.seed}, noise {cfg.noise}, {meta['n_images']} images, "
+    else:
+        meta = generate_world(cfg.out, seed=cfg.seed, noise=cfg.noise, **sizes)
+        what = f"world written to {cfg.out} (seed {cfg.seed}, noise {cfg.noise}, "
+    print(what + f"vocabulary {len(meta.get('vocabulary', []))} words)")
     return meta
 
 

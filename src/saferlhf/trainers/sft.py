@@ -192,10 +192,15 @@ def collate_sft(examples, pad_id: int) -> dict[str, torch.Tensor]:
 
 def sft_step(model, batch) -> tuple[torch.Tensor, dict[str, float]]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = sft_loss(logits, batch["labels"])
+    return _loss_and_accuracy(logits, batch["labels"])
+
+
+def _loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The SFT loss on the labelled tokens and the next-token accuracy there."""
+    loss = sft_loss(logits, labels)
     with torch.no_grad():
         pred = logits[:, :-1].argmax(-1)
-        tgt = batch["labels"][:, 1:]
+        tgt = labels[:, 1:]
         valid = tgt != IGNORE
         acc = ((pred == tgt) & valid).sum() / valid.sum().clamp(min=1)
     return loss, {"token_accuracy": float(acc)}
@@ -209,14 +214,7 @@ def vlm_sft_step(model, batch) -> tuple[torch.Tensor, dict[str, float]]:
     """:func:`sft_step` for a VLM batch: every model input of the batch (``pixel_values`` …) goes
     to the model; the loss is the same token cross-entropy on the labelled response tokens."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits
-    loss = sft_loss(logits, batch["labels"])
-    with torch.no_grad():
-        pred = logits[:, :-1].argmax(-1)
-        tgt = batch["labels"][:, 1:]
-        valid = tgt != IGNORE
-        acc = ((pred == tgt) & valid).sum() / valid.sum().clamp(min=1)
-    return loss, {"token_accuracy": float(acc)}
+    return _loss_and_accuracy(model(**inputs).logits, batch["labels"])
 
 
 def _load_model_and_tokenizer(cfg: SFTConfig):

@@ -26,7 +26,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +295,19 @@ def label_pair(
     return rec
 
 
+def two_different_responses(rng: random.Random, mix: dict[str, dict[str, float]], kind: str,
+                            draw: Callable[[str], str]) -> tuple[str, str, str, str]:
+    """Two independent demonstrator draws ``(t0, r0, t1, r1)`` for a prompt of ``kind``, the
+    second redrawn until it differs from the first (``draw(rtype)`` samples a response)."""
+    t0 = sample_type(rng, mix, kind)
+    r0 = draw(t0)
+    while True:
+        t1 = sample_type(rng, mix, kind)
+        r1 = draw(t1)
+        if r1 != r0:
+            return t0, r0, t1, r1
+
+
 def sample_pairs(
     rng: random.Random,
     noise_rng: random.Random,
@@ -323,13 +336,8 @@ def sample_pairs(
             t0, t1 = types
             r0, r1 = sample_response(rng, world, topic, t0), sample_response(rng, world, topic, t1)
         else:
-            t0 = sample_type(rng, mix, rec["prompt_kind"])
-            r0 = sample_response(rng, world, topic, t0)
-            while True:
-                t1 = sample_type(rng, mix, rec["prompt_kind"])
-                r1 = sample_response(rng, world, topic, t1)
-                if r1 != r0:
-                    break
+            t0, r0, t1, r1 = two_different_responses(
+                rng, mix, rec["prompt_kind"], lambda rtype: sample_response(rng, world, topic, rtype))
         out.append(label_pair(world, rec["prompt"], (r0, r1), (t0, t1), rng, noise_rng, noise))
     return out
 

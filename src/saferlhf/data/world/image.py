@@ -64,6 +64,7 @@ from saferlhf.data.world.generate import (
     sample_response,
     sample_type,
     sft_stats,
+    two_different_responses,
 )
 from saferlhf.data.world.language import default_spec, vocabulary
 from saferlhf.data.world.oracles import Analysis, PromptInfo, World
@@ -632,13 +633,8 @@ def _pairs(rng: random.Random, noise_rng: random.Random, world: ImageWorld, prom
     for _ in range(n):
         rec = rng.choice(prompts)
         topic = world.text.topic_by_name[rec["topic"]]
-        t0 = sample_type(rng, mix, rec["prompt_kind"])
-        r0 = _response(rng, world, topic, t0)
-        while True:
-            t1 = sample_type(rng, mix, rec["prompt_kind"])
-            r1 = _response(rng, world, topic, t1)
-            if r1 != r0:
-                break
+        t0, r0, t1, r1 = two_different_responses(
+            rng, mix, rec["prompt_kind"], lambda rtype, topic=topic: _response(rng, world, topic, rtype))
         view = _ObjectView(world, rec["image_object"])
         pair = label_pair(view, rec["prompt"], (r0, r1), (t0, t1), rng, noise_rng, noise)  # type: ignore[arg-type]
         pair["image"] = rec["image"]
