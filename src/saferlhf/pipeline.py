@@ -13,6 +13,7 @@ Every number in the report is computed from generated samples; nothing is hard-c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -215,6 +216,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         from saferlhf.pipeline_image import run_image_demo
 
         return run_image_demo(cfg)
+    if cfg.budget is None:  # the text demo's default: the cost model's own boundary
+        cfg = dataclasses.replace(cfg, budget=0.0)
     torch.set_num_threads(max(1, cfg.threads))
     sizes = QUICK if cfg.quick else FULL
     out = Path(cfg.out)

@@ -92,7 +92,7 @@ IMAGE_DEMO_RL = dict(temperature=1.0, max_new_tokens=24, kl_coeff=0.1, actor_lr=
 # answering everything (docs/multimodal.md §6).
 IMAGE_DEMO_LAGRANGE = dict(rule="pid", init=0.5, kp=0.3, ki=0.03, kd=0.0, max_lambda=5.0, window=256)
 FROZEN_AFTER_PRETRAINING = ["vision_tower"]
-# The budget d on the CM-V's scale (DemoConfig.image_budget overrides it). d = 0, the text
+# The budget d on the CM-V's scale (--budget, or --image-budget, overrides it). d = 0, the text
 # demo's default, does not bind here: the CM-V's costs of safe responses are far below 0 (about
 # −2.4 for a full answer to a benign image, −5 for a refusal) and the cost of a harmful answer
 # only ~+2.4, so even PPO's samples average below 0. −2.0 is about the SFT policy's own mean cost:
@@ -167,7 +167,8 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     timer = StageTimer()
     world_dir = out / "world"
     objects = [name for b, h, _ in DEFAULT_TWINS[: sizes.n_twins] for name in (b, h)]
-    image_budget = getattr(cfg, "image_budget", None)
+    # --budget when given, else --image-budget, else the image demo's default
+    image_budget = cfg.budget if cfg.budget is not None else getattr(cfg, "image_budget", None)
     budget = IMAGE_DEMO_BUDGET if image_budget is None else float(image_budget)
 
     with timer("world"):

@@ -282,7 +282,9 @@ class DemoConfig:
     out: str = option("runs/demo", help="output dir: report.json, report.md, PNG plots, every stage's folder")
     seed: int = option(0, help="seed of the world, the models and the sampling")
     noise: float = option(0.1, help="annotator noise of the world's labels")
-    budget: float = option(0.0, help="cost budget d (0 = the cost model's own safe/unsafe boundary)")
+    budget: float | None = option(
+        None, help="cost budget d of ppo_lag (default: 0, the cost model's own safe/unsafe boundary; "
+                   "image-text: the image demo's d on the CM-V's scale, docs/multimodal.md §6)")
     sft_budget: bool = option(True, help="also run PPO-Lag at d = the SFT policy's mean learned cost "
                                          "(ppo_lag_sft_budget; --rounds continue it): docs/demo.md")
     quick: bool = option(False, help="small sizes (<= 2 minutes): checks the pipeline, not the science")
@@ -290,8 +292,8 @@ class DemoConfig:
         "text", help="text: the text world; image-text: the image world with tiny VLMs (Safe RLHF-V)")
     vlm_style: Literal["llava", "qwen2_vl"] = option("llava", help="image-text: the tiny VLM's style")
     image_budget: float | None = option(
-        None, help="image-text: budget d on the CM-V's scale (null: the image demo's default, "
-                   "pipeline_image.IMAGE_DEMO_BUDGET; --budget is the text demo's)")
+        None, help="image-text: budget d on the CM-V's scale when --budget is not given "
+                   "(null: pipeline_image.IMAGE_DEMO_BUDGET)")
     rounds: int = option(1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
     shaping_lambdas: list[float] = option([0.5, 5.0], help="fixed λ₀ values of the reward-shaping baseline")
     rl_iterations: int | None = option(None, help="RL iterations per method (default: by mode)")
