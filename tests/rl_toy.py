@@ -170,14 +170,14 @@ def distributed_worker(rank: int, world_size: int, port: int, root: str) -> None
     cfg = toy_config(root_p / "policy-llama-0", root_p / "prompts.jsonl", root_p / "out", iterations=3,
                      save_every=2, rollout_batch_size=8, mini_batch_size=8, max_new_tokens=6)
     trainer = rl.SafeRLTrainer(cfg, accelerator=acc, reward_fn=reward_fn, cost_fn=costs)
-    batch_of = trainer._prompt_batch
+    indices_of = trainer._prompt_indices  # what the loop calls to pick each rollout batch's prompts
 
-    def prompt_batch(iteration):
-        p = batch_of(iteration)
-        seen["prompts"].append(p)
-        return p
+    def prompt_indices(iteration):
+        idx = indices_of(iteration)
+        seen["prompts"].append([trainer.prompts[i] for i in idx])
+        return idx
 
-    trainer._prompt_batch = prompt_batch
+    trainer._prompt_indices = prompt_indices
     hist = trainer.train()["history"]
     params = acc.unwrap_model(trainer.policy).state_dict()
     checksum = float(sum(v.double().sum() for v in params.values()))

@@ -28,7 +28,8 @@ def test_two_processes_share_j_c_and_lambda_and_only_rank0_writes(tmp_path):
     assert r0["num_processes"] == r1["num_processes"] == 2
     assert "MULTI_CPU" in r0["distributed_type"]
 
-    # Different prompts on the two ranks, at every iteration.
+    # Different prompts on the two ranks, at every iteration (3 rollout batches recorded each).
+    assert len(r0["prompts"]) == len(r1["prompts"]) == 3
     for p0, p1 in zip(r0["prompts"], r1["prompts"], strict=True):
         assert set(p0).isdisjoint(p1), (p0, p1)
 
