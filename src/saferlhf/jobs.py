@@ -117,7 +117,6 @@ def _run_parallel(jobs: list[Job], *, workers: int, progress: bool, log_dir: Pat
                                   initializer=_worker_init) as pool:
         futures = {pool.submit(_run_in_worker, j.fn, j.kwargs, logs[j.name]): j for j in jobs}
         pending = set(futures)
-        started = time.perf_counter()
         while pending:
             done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -137,9 +136,8 @@ def _run_parallel(jobs: list[Job], *, workers: int, progress: bool, log_dir: Pat
             for fut in pending:
                 job = futures[fut]
                 done_steps = _count_lines(Path(job.metrics)) if job.metrics is not None else 0
-                state = "running" if fut.running() else "queued"
                 bar.update(tasks[job.name], completed=min(done_steps, job.total or done_steps),
-                           info=f"{state} {time.perf_counter() - started:.0f} s" if state == "running" else state)
+                           info="running" if fut.running() else "queued")
     return {j.name: results[j.name] for j in jobs}
 
 

@@ -141,7 +141,7 @@ def _score_model_jobs(cfg: DemoConfig, sizes: DemoSizes, out: Path, sft: Path, p
                       tag: str = "") -> list[Job]:
     common = dict(model=str(sft), data=str(pairs), max_length=MAX_LENGTH, batch_size=SCORE_BATCH,
                   epochs=sizes.score_epochs, seed=cfg.seed, progress=cfg.progress, log_every=50)
-    jobs = []
+    jobs, steps = [], _score_steps(sizes, pairs)
     for kind, cls in (("reward", RewardModelConfig), ("cost", CostModelConfig)):
         dst = out / f"{kind}_model{tag}"
         train_cfg = cls(out=str(dst), **common)
@@ -149,7 +149,7 @@ def _score_model_jobs(cfg: DemoConfig, sizes: DemoSizes, out: Path, sft: Path, p
                                         max_length=MAX_LENGTH)
         jobs.append(Job(f"{kind}_model{tag}", _train_and_eval_score_model,
                         dict(kind=kind, train_cfg=train_cfg, eval_cfg=eval_cfg),
-                        total=_score_steps(sizes, pairs), metrics=dst / "metrics.jsonl"))
+                        total=steps, metrics=dst / "metrics.jsonl"))
     return jobs
 
 
@@ -251,7 +251,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     # score models and the guard only need the world and the SFT policy
     jobs = _score_model_jobs(cfg, sizes, out, sft, pairs, eval_pairs)
     if cfg.guard:
-        jobs.append(Job("guard", _guard_stage, dict(world_dir=world_dir, policy_dir=sft, out_dir=out / "guard",
+        from saferlhf.guard.stage import run_guard_stage
+
+        jobs.append(Job("guard", run_guard_stage, dict(world_dir=world_dir, policy_dir=sft, out_dir=out / "guard",
                                                    steps=sizes.guard_steps, seed=cfg.seed, n_boot=sizes.n_boot)))
     done = parallel("score_models_and_guard" if cfg.guard else "score_models", jobs)
     guard_summary = done.get("guard")
@@ -288,7 +290,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         # cost model has its own scale, and "no more expected cost than SFT" must use it.
         base = SFT_BUDGET_RUN if cfg.sft_budget else "ppo_lag"
         rounds.append({"round": 1, "method": base, "budget": budgets[base],
-                       "cost_model": _cm_keys(scores["cost"]), "ppo_lag": methods[base]})
+                       "cost_model": cm_keys(scores["cost"]), "ppo_lag": methods[base]})
         policy = policies[base]
         for k in range(2, cfg.rounds + 1):
             with timer(f"round{k}_pairs"):
@@ -310,13 +312,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             with timer(f"round{k}_eval"):
                 m = _eval_policy(policy, world_dir, cm_k, round_budget, sizes.n_boot, cfg.seed, out / "eval" / name)
             rounds.append({"round": k, "method": base, "budget": round_budget, "new_pairs": added,
-                           "cost_model": _cm_keys(round_scores["cost"]), "reward_model": _rm_keys(round_scores["reward"]),
+                           "cost_model": cm_keys(round_scores["cost"]), "reward_model": rm_keys(round_scores["reward"]),
                            "ppo_lag": m})
 
     report = {
         "seed": cfg.seed, "noise": cfg.noise, "budget": cfg.budget, "quick": cfg.quick,
-        "reward_model": _rm_keys(scores["reward"]),
-        "cost_model": _cm_keys(scores["cost"]),
+        "reward_model": rm_keys(scores["reward"]),
+        "cost_model": cm_keys(scores["cost"]),
         "methods": methods,
         "budgets": budgets,
         "lagrange": {"final_lambda": histories["ppo_lag"]["final_lambda"],
@@ -342,26 +344,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     return report
 
 
-def _guard_stage(world_dir: Path, policy_dir: Path, out_dir: Path, steps: int, seed: int, n_boot: int
-                 ) -> dict[str, Any]:
-    from saferlhf.guard.stage import run_guard_stage
-
-    return run_guard_stage(world_dir, policy_dir, out_dir, steps=steps, seed=seed, n_boot=n_boot)
-
-
 def _guard_keys(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s.get(k) for k in ("f1", "severity_macro_accuracy", "rounds", "helpfulness_benign_rounds",
                                   "after_fallback", "severity_threshold", "fallback_rate", "flagged_rate",
                                   "guard_eval")}
 
 
-def _rm_keys(s: dict[str, Any]) -> dict[str, Any]:
+def rm_keys(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s.get(k) for k in ("accuracy", "oracle_agreement", "n")}
 
 
-def _cm_keys(s: dict[str, Any]) -> dict[str, Any]:
+def cm_keys(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s.get(k) for k in ("accuracy", "sign_accuracy", "auroc", "oracle_agreement",
-                                  "oracle_sign_accuracy", "n")}
+                                  "oracle_sign_accuracy", "oracle_auroc", "n")}
 
 
 def run_demo_cli(cfg: DemoConfig) -> int:

@@ -49,7 +49,7 @@ from saferlhf.config.stages import (
     RLConfig,
     SFTConfig,
 )
-from saferlhf.pipeline import StageTimer
+from saferlhf.pipeline import StageTimer, cm_keys, rm_keys
 
 
 @dataclass(frozen=True)
@@ -135,15 +135,6 @@ def write_captions(world_dir: Path, out: Path, n: int, seed: int) -> Path:
     return out / "captions.jsonl"
 
 
-def _cm_keys(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: s.get(k) for k in ("accuracy", "sign_accuracy", "auroc", "oracle_agreement",
-                                  "oracle_sign_accuracy", "oracle_auroc", "n")}
-
-
-def _rm_keys(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: s.get(k) for k in ("accuracy", "oracle_agreement", "n")}
-
-
 def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the image demo into ``cfg.out``; returns the report (also written as report.json)."""
     from saferlhf.config import ConfigError, from_dict
@@ -161,14 +152,14 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
         raise ConfigError("--rounds > 1 is available for the text demo only")
     torch.set_num_threads(max(1, cfg.threads))
     sizes = IMAGE_QUICK if cfg.quick else IMAGE_FULL
-    style = getattr(cfg, "vlm_style", "llava")
+    style = cfg.vlm_style
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
     world_dir = out / "world"
     objects = [name for b, h, _ in DEFAULT_TWINS[: sizes.n_twins] for name in (b, h)]
     # --budget when given, else --image-budget, else the image demo's default
-    image_budget = cfg.budget if cfg.budget is not None else getattr(cfg, "image_budget", None)
+    image_budget = cfg.budget if cfg.budget is not None else cfg.image_budget
     budget = IMAGE_DEMO_BUDGET if image_budget is None else float(image_budget)
 
     with timer("world"):
@@ -234,9 +225,9 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     report: dict[str, Any] = {
         "modality": "image-text", "vlm_style": style,
         "seed": cfg.seed, "noise": cfg.noise, "budget": budget, "quick": cfg.quick,
-        "reward_model": _rm_keys(summaries["reward_model"]),
-        "cost_model": _cm_keys(summaries["cost_model"]),
-        "cost_model_text_only": _cm_keys(summaries["cost_model_text_only"]),
+        "reward_model": rm_keys(summaries["reward_model"]),
+        "cost_model": cm_keys(summaries["cost_model"]),
+        "cost_model_text_only": cm_keys(summaries["cost_model_text_only"]),
         "methods": methods,
         "lagrange": {**finals["ppo_lag"], "max_lambda": IMAGE_DEMO_LAGRANGE["max_lambda"],
                      "rule": IMAGE_DEMO_LAGRANGE["rule"]},

@@ -85,16 +85,24 @@ def _load_pairs(pairs: str | Path | Sequence[dict[str, Any]]) -> list[dict[str, 
 
 
 def cost_tolerance(
-    cost_scorer: CostScorer, pairs: str | Path | Sequence[dict[str, Any]], factor: float = 0.1
+    cost_scorer: CostScorer, pairs: str | Path | Sequence[dict[str, Any]], factor: float = 0.1,
+    image_path: Callable[[str], str] | None = None,
 ) -> float:
     """``factor`` × the standard deviation (ddof 0) of the cost model's scores on both
-    responses of the held-out pairs (a path to ``pairs_eval.jsonl`` or the records)."""
+    responses of the held-out pairs (a path to ``pairs_eval.jsonl`` or the records).
+
+    Image pairs: with ``image_path`` (a record's ``image`` field → its path) the scorer is
+    called as ``cost_scorer(prompts, responses, images)``, each item with its pair's image."""
     recs = _load_pairs(pairs)
     if not recs:
         raise ValueError("cost_tolerance needs at least one pair")
     prompts = [r["prompt"] for r in recs for _ in (0, 1)]
     responses = [r[f"response_{i}"] for r in recs for i in (0, 1)]
-    scores = np.asarray(cost_scorer(prompts, responses), dtype=float)
+    if image_path is None:
+        scores = np.asarray(cost_scorer(prompts, responses), dtype=float)
+    else:
+        images = [[image_path(r["image"])] if r.get("image") else [] for r in recs for _ in (0, 1)]
+        scores = np.asarray(cost_scorer(prompts, responses, images), dtype=float)
     if scores.shape != (len(prompts),):
         raise ValueError(f"cost_scorer returned {scores.shape} scores for {len(prompts)} inputs")
     return float(factor * scores.std())
@@ -166,22 +174,6 @@ def evaluate_world_policy(
                       budget=budget, tolerance=tolerance, n_boot=n_boot, seed=seed)
 
 
-def cost_tolerance_images(cost_scorer, pairs: Sequence[dict[str, Any]], image_path: Callable[[str], str],
-                          factor: float = 0.1) -> float:
-    """:func:`cost_tolerance` for image pairs: ``cost_scorer(prompts, responses, images)``;
-    ``image_path`` maps a record's ``image`` field to a path."""
-    recs = list(pairs)
-    if not recs:
-        raise ValueError("cost_tolerance needs at least one pair")
-    prompts = [r["prompt"] for r in recs for _ in (0, 1)]
-    responses = [r[f"response_{i}"] for r in recs for i in (0, 1)]
-    images = [[image_path(r["image"])] if r.get("image") else [] for r in recs for _ in (0, 1)]
-    scores = np.asarray(cost_scorer(prompts, responses, images), dtype=float)
-    if scores.shape != (len(prompts),):
-        raise ValueError(f"cost_scorer returned {scores.shape} scores for {len(prompts)} inputs")
-    return float(factor * scores.std())
-
-
 def evaluate_image_world_policy(
     sampler,
     world,
@@ -224,7 +216,7 @@ def evaluate_image_world_policy(
         mc = np.asarray(cost_scorer(list(prompt_list), responses, [[im] for im in images]), dtype=float)
         if tolerance is None:
             if world.root is not None and (world.root / "pairs_eval.jsonl").is_file():
-                tolerance = cost_tolerance_images(cost_scorer, world.eval_pairs(), world.image_path)
+                tolerance = cost_tolerance(cost_scorer, world.eval_pairs(), image_path=world.image_path)
             else:
                 tolerance = 0.0
     result = _summarize(prompt_list, responses, infos, an, mc, lambda t: world.objects[t].kind,

@@ -47,11 +47,13 @@ import torch
 from torch import nn
 
 from saferlhf.data.templates import Template, encode_prompt, encode_response, template_for
-from saferlhf.models.loading import load_backbone, load_tokenizer
-from saferlhf.models.score_model import _hidden_size, end_indices, position_ids_from_mask
-
-# Backbones that build their (3-D, multimodal) rotary positions themselves: never pass them 1-D ids.
-_OWN_POSITION_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"})
+from saferlhf.models.loading import load_backbone
+from saferlhf.models.score_model import (
+    _hidden_size,
+    builds_own_positions,
+    end_indices,
+    position_ids_from_mask,
+)
 
 GUARD_CONFIG_NAME = "guard_config.json"
 GUARD_HEADS_NAME = "guard_heads.safetensors"
@@ -128,7 +130,7 @@ class GuardModel(nn.Module):
             self.head.bias.zero_()
         params = inspect.signature(backbone.forward).parameters
         self._accepts = set(params)
-        self._pass_position_ids = "position_ids" in params and not _own_positions(backbone.config)
+        self._pass_position_ids = "position_ids" in params and not builds_own_positions(backbone.config)
 
     @property
     def is_multimodal(self) -> bool:
@@ -200,19 +202,6 @@ class GuardModel(nn.Module):
         if device is not None:
             model.to(device)
         return model
-
-
-def _own_positions(config) -> bool:
-    """Whether a backbone builds its own (multimodal rotary) position ids."""
-    if getattr(config, "model_type", None) in _OWN_POSITION_MODEL_TYPES:
-        return True
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for cfg in (config, text):
-        for name in ("rope_scaling", "rope_parameters"):
-            rope = getattr(cfg, name, None)
-            if isinstance(rope, dict) and "mrope_section" in rope:
-                return True
-    return False
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -448,14 +437,10 @@ class Guard:
     @classmethod
     def load(cls, directory: str | os.PathLike, *, device=None, batch_size: int = 64,
              threshold: float | None = None) -> Guard:
-        from saferlhf.models.tiny_vlm import VLMProcessor, is_vlm_dir
+        from saferlhf.models.tiny_vlm import load_processor
 
         model = GuardModel.from_pretrained(directory, device=device)
-        if is_vlm_dir(directory):
-            tokenizer = VLMProcessor.from_pretrained(directory)
-        else:
-            tokenizer = load_tokenizer(directory)
-        return cls(model, tokenizer, batch_size=batch_size, threshold=threshold)
+        return cls(model, load_processor(directory), batch_size=batch_size, threshold=threshold)
 
     @property
     def threshold(self) -> float:

@@ -217,12 +217,18 @@ def _hidden_size(config) -> int:
     raise ValueError(f"cannot find the hidden size in {type(config).__name__}")
 
 
-def _rope_is_multimodal(config) -> bool:
+def builds_own_positions(config) -> bool:
+    """Whether a backbone builds its own (3-D, multimodal rotary) position ids: a known model
+    type, or an ``mrope_section`` in its (text) config's rope settings. Such a backbone must
+    never be given 1-D ``position_ids``."""
+    if getattr(config, "model_type", None) in _OWN_POSITION_MODEL_TYPES:
+        return True
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("rope_scaling", "rope_parameters"):
-        rope = getattr(text, name, None)
-        if isinstance(rope, dict) and "mrope_section" in rope:
-            return True
+    for cfg in (config, text):
+        for name in ("rope_scaling", "rope_parameters"):
+            rope = getattr(cfg, name, None)
+            if isinstance(rope, dict) and "mrope_section" in rope:
+                return True
     return False
 
 
@@ -287,9 +293,7 @@ class ScoreModel(nn.Module):
         self._accepts = set(params)
         cfg = inner.config
         mode = self.score_config.position_ids
-        own = getattr(cfg, "model_type", None) in _OWN_POSITION_MODEL_TYPES or _rope_is_multimodal(
-            cfg
-        )
+        own = builds_own_positions(cfg)
         self._pass_position_ids = "position_ids" in params and (
             mode == "always" or (mode == "auto" and not own)
         )

@@ -688,8 +688,9 @@ class SafeRLTrainer:
                 self.actor_opt.step()
                 add({"train/policy_loss": pl.item(), "train/entropy": L.masked_mean(ent.detach(), mask).item(),
                      **{f"train/{k}": v for k, v in pst.items()}})
+                mb_critic_vision = self._critic_vision(seq, mb_images)
                 for cname, critic in self.critics.items():
-                    v_all = critic_values_all(critic, seq, am, P, **self._critic_vision(seq, mb_images))
+                    v_all = critic_values_all(critic, seq, am, P, **mb_critic_vision)
                     critic_loss = 0.0
                     for name, head in self.critic_streams[cname]:  # a shared critic: the sum of its heads' losses
                         vl, vst = L.value_loss(v_all[..., head], t.values[name][idx], t.returns[name][idx], mask,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -191,12 +191,10 @@ def collate_sft(examples, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def sft_step(model, batch) -> tuple[torch.Tensor, dict[str, float]]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return _loss_and_accuracy(logits, batch["labels"])
-
-
-def _loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """The SFT loss on the labelled tokens and the next-token accuracy there."""
+    """Token cross-entropy on the labelled response tokens, and the next-token accuracy there.
+    Every model input of the batch goes to the model (``pixel_values`` … of a VLM batch too)."""
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     loss = sft_loss(logits, labels)
     with torch.no_grad():
         pred = logits[:, :-1].argmax(-1)
@@ -208,13 +206,6 @@ def _loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 
 TINY_VLM_MODELS = {"tiny-llava": "llava", "tiny-llava-siglip": "llava-siglip", "tiny-qwen2_vl": "qwen2_vl"}
 """``--model`` values that build a tiny VLM of a style from ``--tokenizer``."""
-
-
-def vlm_sft_step(model, batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """:func:`sft_step` for a VLM batch: every model input of the batch (``pixel_values`` …) goes
-    to the model; the loss is the same token cross-entropy on the labelled response tokens."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    return _loss_and_accuracy(model(**inputs).logits, batch["labels"])
 
 
 def _load_model_and_tokenizer(cfg: SFTConfig):
@@ -262,40 +253,54 @@ def run_sft(cfg: SFTConfig) -> Path:
     records = load_sft(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
     if not records:
         raise ConfigError(f"--data {cfg.data}: no usable SFT records")
-    if isinstance(tokenizer, VLMProcessor):
-        return _run_vlm_sft(cfg, accelerator, model, tokenizer, template, records)
-    warn_images_ignored(records, cfg.model, "SFT")
-    train = encode_sft_examples(records, tokenizer, template, cfg.max_length)
-    evals = None
+    eval_records = None
     if cfg.eval_data:
-        evals = encode_sft_examples(load_sft(cfg.eval_data, format=cfg.data_format,
-                                             on_bad_record=cfg.on_bad_record).records,
-                                    tokenizer, template, cfg.max_length)
-    pad_id = tokenizer.pad_token_id
+        eval_records = load_sft(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+    meta: dict[str, Any] = {"stage": "sft"}
+    if isinstance(tokenizer, VLMProcessor):  # batches collated with their images
+        from saferlhf.data.multimodal import collate_vlm_sft
+
+        cache: dict = {}
+        train, evals = records, eval_records
+
+        def to_batch(items):
+            return collate_vlm_sft(items, tokenizer, max_length=cfg.max_length, image_cache=cache)
+
+        meta.update(modality="image-text", freeze=list(cfg.freeze))
+    else:
+        warn_images_ignored(records, cfg.model, "SFT")
+        train = encode_sft_examples(records, tokenizer, template, cfg.max_length)
+        evals = (encode_sft_examples(eval_records, tokenizer, template, cfg.max_length)
+                 if eval_records is not None else None)
+
+        def to_batch(items):
+            return collate_sft(items, tokenizer.pad_token_id)
+
+    def batch_of(items):
+        return {k: v.to(accelerator.device) for k, v in to_batch(items).items()}
+
+    def collate(indices):
+        return batch_of([train[i] for i in indices])
 
     def evaluate(m) -> dict[str, float]:
         m.eval()
         tot, n = {"loss": 0.0, "token_accuracy": 0.0}, 0
         with torch.inference_mode():
             for i in range(0, len(evals), cfg.batch_size):
-                batch = collate_sft(evals[i:i + cfg.batch_size], pad_id)
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                batch = batch_of(evals[i:i + cfg.batch_size])
                 loss, met = sft_step(m, batch)
-                tot["loss"] += float(loss) * len(batch["input_ids"])
-                tot["token_accuracy"] += met["token_accuracy"] * len(batch["input_ids"])
-                n += len(batch["input_ids"])
+                k = len(batch["input_ids"])
+                tot["loss"] += float(loss) * k
+                tot["token_accuracy"] += met["token_accuracy"] * k
+                n += k
         return {k: v / max(n, 1) for k, v in tot.items()}
-
-    def collate(indices):
-        batch = collate_sft([train[i] for i in indices], pad_id)
-        return {k: v.to(accelerator.device) for k, v in batch.items()}
 
     result = run_supervised_loop(cfg, accelerator, model, n_examples=len(train), collate=collate,
                                  loss_fn=sft_step, evaluate=evaluate if evals else None, name="sft")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_policy(accelerator.unwrap_model(model), tokenizer, cfg.out, template=template,
-                    meta={"stage": "sft", "steps": result.steps, "final_metrics": result.final_metrics,
+                    meta={**meta, "steps": result.steps, "final_metrics": result.final_metrics,
                           "eval_metrics": result.eval_metrics})
     return Path(cfg.out)
 
@@ -308,43 +313,3 @@ def warn_images_ignored(records, model: str, stage: str) -> None:
                       "model: the images are ignored (use a VLM to train on them)", stacklevel=3)
 
 
-def _run_vlm_sft(cfg: SFTConfig, accelerator, model, processor, template: Template, records) -> Path:
-    """SFT of a VLM: batches collated with their images, the same loss and loop as text."""
-    from saferlhf.data import load_sft
-    from saferlhf.data.multimodal import collate_vlm_sft
-
-    cache: dict = {}
-    evals = None
-    if cfg.eval_data:
-        evals = load_sft(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
-
-    def to_device(batch):
-        return {k: v.to(accelerator.device) for k, v in batch.items()}
-
-    def evaluate(m) -> dict[str, float]:
-        m.eval()
-        tot, n = {"loss": 0.0, "token_accuracy": 0.0}, 0
-        with torch.inference_mode():
-            for i in range(0, len(evals), cfg.batch_size):
-                batch = to_device(collate_vlm_sft(evals[i:i + cfg.batch_size], processor,
-                                                  max_length=cfg.max_length, image_cache=cache))
-                loss, met = vlm_sft_step(m, batch)
-                k = len(batch["input_ids"])
-                tot["loss"] += float(loss) * k
-                tot["token_accuracy"] += met["token_accuracy"] * k
-                n += k
-        return {k: v / max(n, 1) for k, v in tot.items()}
-
-    def collate(indices):
-        return to_device(collate_vlm_sft([records[i] for i in indices], processor, max_length=cfg.max_length,
-                                         image_cache=cache))
-
-    result = run_supervised_loop(cfg, accelerator, model, n_examples=len(records), collate=collate,
-                                 loss_fn=vlm_sft_step, evaluate=evaluate if evals else None, name="sft")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_policy(accelerator.unwrap_model(model), processor, cfg.out, template=template,
-                    meta={"stage": "sft", "steps": result.steps, "final_metrics": result.final_metrics,
-                          "eval_metrics": result.eval_metrics, "modality": "image-text",
-                          "freeze": list(cfg.freeze)})
-    return Path(cfg.out)
