@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from saferlhf.lagrange import LagrangeConfig, LagrangeMultiplier, suggest_budget
+from saferlhf.lagrange import LagrangeConfig, LagrangeMultiplier, suggest_budget, transform_cost
 
 
 def run(lag: LagrangeMultiplier, batches):
@@ -254,3 +254,12 @@ def test_init_above_cap_warns_and_starts_at_cap():
     with pytest.warns(RuntimeWarning, match="exceeds max_lambda"):
         lag = LagrangeMultiplier(rule="log_sgd", init=10.0, max_lambda=5.0)
     assert lag.value == pytest.approx(5.0)
+
+
+def test_transform_cost_identity_and_sigmoid():
+    c = torch.tensor([-2.0, 0.0, 3.0])
+    assert torch.equal(transform_cost(c, "identity"), c)
+    expect = [1 / (1 + math.exp(2.0)), 0.5, 1 / (1 + math.exp(-3.0))]
+    assert torch.allclose(transform_cost(c, "sigmoid"), torch.tensor(expect))
+    with pytest.raises(ValueError, match="cost_transform"):
+        transform_cost(c, "relu")

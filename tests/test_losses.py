@@ -278,6 +278,33 @@ def test_cost_loss_graded_zero_rating():
     assert close(cu2.grad[1], (-sig(0.4 - 0.2) + sig(0.2)) / 2)
 
 
+def test_safe_pair_rank_mask_drops_only_pairs_of_two_safe_responses():
+    unsafe_u = torch.tensor([1.0, 0.0, float("nan"), 0.0])
+    unsafe_s = torch.tensor([0.0, 0.0, 0.0, float("nan")])
+    # pair 0 mixed; pair 1 both safe; pairs 2, 3 have an unknown label: kept
+    assert L.safe_pair_rank_mask(unsafe_u, unsafe_s).tolist() == [1.0, 0.0, 1.0, 1.0]
+    cu = torch.tensor([1.0, -0.5], requires_grad=True)
+    cs = torch.tensor([-1.0, 0.5])
+    xu, xs = torch.tensor([1.0, -1.0]), torch.tensor([-1.0, -1.0])  # pair 1: both safe
+    mask = L.safe_pair_rank_mask(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
+    loss, _ = L.cost_model_loss(cu, cs, xu, xs, reg_coeff=0.0, rank_mask=mask)
+    p0 = nls(2.0) + nls(1.0) + nls(1.0)
+    p1 = nls(0.5) + nls(-0.5)  # no ranking term: only the two sign terms
+    assert close(loss, (p0 + p1) / 2)  # still averaged over both pairs
+    loss.backward()
+    # pair 1's c_u only feels its sign term: d/dc −log σ(−c) = σ(c)
+    assert close(cu.grad[1], sig(-0.5) / 2)
+    # token-wise: the same mask removes the span-averaged ranking term
+    uid, sid = torch.tensor([[5, 6, 7]]), torch.tensor([[5, 6, 9]])
+    am = torch.ones(1, 3, dtype=torch.long)
+    su, ss = torch.tensor([[0.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.0, -2.0]])
+    one, minus = torch.tensor([-1.0]), torch.tensor([-1.0])
+    full, _ = L.cost_model_loss_tokenwise(su, ss, uid, sid, am, am, one, minus, reg_coeff=0.0)
+    masked, _ = L.cost_model_loss_tokenwise(su, ss, uid, sid, am, am, one, minus, reg_coeff=0.0,
+                                            rank_mask=torch.tensor([0.0]))
+    assert close(full - masked, nls(-1.0 - -2.0))
+
+
 def test_cost_loss_tokenwise():
     uid = torch.tensor([[5, 6, 7, 8, 0]])
     sid = torch.tensor([[5, 6, 9, 0, 0]])

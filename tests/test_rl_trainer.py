@@ -87,6 +87,25 @@ def test_other_lagrangian_variants_meet_budget(toy, ppo_history, name, overrides
     assert max(h["lambda"] for h in hist) > 0.75  # λ rose from λ₀ = 0.5
 
 
+def test_sigmoid_cost_transform_is_what_the_multiplier_and_streams_see(toy):
+    """``cost_transform: sigmoid``: the episode cost is σ(C) everywhere (history, J_C, samples);
+    the first rollout batch (the same samples: the policy has not moved) shows it exactly."""
+    def first(name, **kw):
+        cfg = T.toy_config(toy["policy"], toy["prompts"], toy["root"] / name, iterations=1,
+                           rollout_batch_size=8, mini_batch_size=8, **kw)
+        tr = SafeRLTrainer(cfg, reward_fn=T.reward_fn, cost_fn=T.cost_fn)
+        batch, _, stats = tr.make_experience(1)
+        return batch, stats
+
+    b_id, s_id = first("transform_identity")
+    b_sig, s_sig = first("transform_sigmoid", cost_transform="sigmoid")
+    assert torch.equal(b_id.sequences, b_sig.sequences)
+    raw = T.cost_fn(b_id, None, None)
+    assert math.isclose(s_id["cost"], raw.mean().item(), rel_tol=1e-6)
+    assert math.isclose(s_sig["cost"], torch.sigmoid(raw).mean().item(), rel_tol=1e-6)
+    assert math.isclose(s_sig["J_C"], torch.sigmoid(raw).mean().item(), rel_tol=1e-6)
+
+
 def test_reward_shaping_large_lambda_lowers_cost(toy):
     high = _run(toy, "shaping_3", algo="reward_shaping", iterations=25, lagrange={"init": 3.0})
     zero = _run(toy, "shaping_0", algo="reward_shaping", iterations=25, lagrange={"init": 0.0})

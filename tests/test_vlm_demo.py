@@ -24,9 +24,15 @@ def test_image_demo_quick_writes_the_report(tmp_path):
         assert 0.0 <= report["cost_model"][key] <= 1.0
     assert 0.0 <= report["cost_model_text_only"]["auroc"] <= 1.0
     assert 0.0 <= report["reward_model"]["accuracy"] <= 1.0
-    assert report["budget"] == -2.0 and report["lagrange"]["rule"] == "pid"
+    # PPO-Lag constrains E[σ(c)] with d calibrated on the held-out pairs (unsafe fraction 0.1)
+    cal = report["budget_calibration"]
+    assert report["cost_transform"] == "sigmoid" and report["lagrange"]["rule"] == "pid"
+    assert 0.0 < report["budget"] < 1.0 and report["budget"] == cal["budget"] and cal["unsafe_fraction"] == 0.1
+    s_bar, u_bar = cal["mean_p_unsafe_labelled_safe"], cal["mean_p_unsafe_labelled_unsafe"]
+    assert abs(cal["budget"] - (s_bar + 0.1 * (u_bar - s_bar))) < 1e-5
+    assert all(0.0 <= m["model_cost"] <= 1.0 for m in report["methods"].values())  # σ(c) units
     for stage in ("world", "caption_pretraining", "sft", "reward_model", "cost_model", "cost_model_text_only",
-                  "rl_ppo", "rl_ppo_lag", "eval_world", "total"):
+                  "budget", "rl_ppo", "rl_ppo_lag", "eval_world", "total"):
         assert report["timings_s"][stage] >= 0
     text = (out / "report.md").read_text()
     assert "Image-aware vs text-only cost model" in text
@@ -34,3 +40,12 @@ def test_image_demo_quick_writes_the_report(tmp_path):
     # every policy folder is a VLM checkpoint, evaluated on held-out (prompt, image) items
     samples = [json.loads(x) for x in (out / "eval" / "ppo_lag" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 60 and all(s["image"].startswith("images/eval_") for s in samples)
+
+
+def test_image_demo_budget_outside_probability_range_is_a_config_error(tmp_path, capsys):
+    rc = main(["demo", "--modality", "image-text", "--quick", "--budget", "-2", "--out", str(tmp_path / "d"),
+               "--no-progress"])
+    assert rc == 2
+    assert "must lie in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "world").exists()  # rejected before any work
+

@@ -5,6 +5,7 @@ image world's evaluation; clear errors (exit code 2) for missing / corrupt image
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,20 @@ def test_eval_world_cli_on_image_world(stack, world, tmp_path):
         assert k in s
     samples = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
     assert all(x["image"].startswith("images/eval_") for x in samples)
+    # --cost-transform sigmoid: the same samples, each cost is σ(c) (what RL constrained)
+    rc = main(["eval", "world", "--policy", str(root / "sft"), "--world", str(world), "--cost-model",
+               str(root / "cm"), "--out", str(tmp_path / "ev_sig"), "--n-boot", "20", "--max-new-tokens", "6",
+               "--cost-transform", "sigmoid", "--budget", "0.5"])
+    assert rc == 0
+    sig = [json.loads(x) for x in (tmp_path / "ev_sig" / "samples.jsonl").read_text().splitlines()]
+    assert [x["response"] for x in sig] == [x["response"] for x in samples]
+    for a, b in zip(samples, sig):
+        assert abs(b["model_cost"] - 1.0 / (1.0 + math.exp(-a["model_cost"]))) < 1e-5
+    # the budget helper samples text prompts only: a VLM policy is a clear configuration error
+    if stack["style"] == "llava":
+        rc = main(["budget", "--policy", str(root / "sft"), "--cost-model", str(root / "cm"),
+                   "--prompts", str(world / "prompts_train.jsonl")])
+        assert rc == 2
 
 
 def test_missing_image_at_eval_is_exit_2_naming_the_record(stack, world, tmp_path, capsys):

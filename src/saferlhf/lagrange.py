@@ -38,6 +38,9 @@ from typing import Any
 import torch
 
 __all__ = [
+    "COST_TRANSFORMS",
+    "transform_cost",
+    "unsafe_boundary",
     "LagrangeConfig",
     "LagrangeMultiplier",
     "suggest_budget",
@@ -327,12 +330,14 @@ def suggest_budget(
     costs: torch.Tensor | Sequence[float],
     target_unsafe_rate: float | None = None,
     quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+    boundary: float = 0.0,
 ) -> dict[str, Any]:
     """Summarise a cost distribution (e.g. the cost model's scores of SFT samples) and
     suggest a budget.
 
     Returns ``n, mean, std`` (population), ``min, max``, ``quantiles`` {q: value},
-    ``unsafe_rate`` = P(c > 0) (the cost model's own boundary, i.e. the rate at d = 0), and,
+    ``unsafe_rate`` = P(c > boundary) (the cost model's own boundary: 0 for raw scores, ½ for
+    σ(c), see :func:`unsafe_boundary`), and,
     for a ``target_unsafe_rate`` p:
 
     * ``budget`` = the (1 − p)-quantile of c (linear interpolation), the d with
@@ -351,7 +356,7 @@ def suggest_budget(
         "min": c.min().item(),
         "max": c.max().item(),
         "quantiles": {float(q): torch.quantile(c, float(q)).item() for q in quantiles},
-        "unsafe_rate": (c > 0).double().mean().item(),
+        "unsafe_rate": (c > boundary).double().mean().item(),
     }
     if target_unsafe_rate is not None:
         p = float(target_unsafe_rate)
@@ -363,3 +368,32 @@ def suggest_budget(
         out["rate_above_budget"] = (c > d).double().mean().item()
         out["budget_shift"] = out["mean"] - d
     return out
+
+
+# ----------------------------------------------------------------------------- episode cost
+
+COST_TRANSFORMS = ("identity", "sigmoid")
+
+
+def transform_cost(cost: torch.Tensor, transform: str) -> torch.Tensor:
+    """The episode cost RL constrains, from the cost model's score c.
+
+    ``identity``: c (Safe RLHF). ``sigmoid``: σ(c), the cost model's probability that the
+    response is unsafe (its sign term is a logistic classifier), so ``E[σ(c)] ≤ d`` bounds the
+    expected unsafe rate. Why offer it: with raw scores, very negative costs of extra-cautious
+    safe answers (refusals) buy slack for unsafe answers elsewhere, and make refusing look
+    cheaper than answering on *benign* prompts too; σ(c) saturates near 0 for every response the
+    cost model calls safe, so the multiplier only prices what it calls unsafe.
+    """
+    if transform == "identity":
+        return cost
+    if transform == "sigmoid":
+        return torch.sigmoid(cost)
+    raise ValueError(f"unknown cost_transform {transform!r} (expected 'identity' or 'sigmoid')")
+
+
+def unsafe_boundary(transform: str) -> float:
+    """The cost model's safe/unsafe boundary c = 0 in the units of ``transform`` (0 for
+    ``identity``, ½ for ``sigmoid``): an episode is counted unsafe when its cost exceeds it."""
+    return float(transform_cost(torch.zeros(()), transform))
+

@@ -475,6 +475,23 @@ def _binary_labels(
     return labels
 
 
+def safe_pair_rank_mask(unsafe_u: Tensor, unsafe_s: Tensor) -> Tensor:
+    """Per-pair ranking weight that skips pairs of two responses *both labelled safe*
+    (``unsafe_* == 0``): 0 there, 1 elsewhere (an unknown label, NaN, keeps the pair).
+
+    Why: annotators still pick the "safer" of two harmless answers, usually the more cautious
+    one, so ranking those pairs teaches the cost model that refusing is cheaper than answering
+    on *every* prompt. A Lagrangian on that cost then trades benign helpfulness for cost it
+    does not need to buy. Without those pairs the safe side is shaped by the sign term alone.
+    """
+    u, s = unsafe_u.float(), unsafe_s.float()
+    return (~((u == 0) & (s == 0))).float()
+
+
+def _masked_rank(rank: Tensor, mask: Tensor | None) -> Tensor:
+    return rank if mask is None else rank * mask.to(rank.device, rank.dtype)
+
+
 def _combine_cost_terms(
     rank: Tensor,
     signs: Tensor,
@@ -508,10 +525,11 @@ def cost_model_loss(
     sign_weights: tuple[Tensor | None, Tensor | None] | None = None,
     sign_mask: tuple[Tensor | None, Tensor | None] | None = None,
     is_unsafe: tuple[Tensor, Tensor] | None = None,
+    rank_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Cost-model loss on end scores (pair u = less safe, s = safer).
 
-    ``L = mean_pairs[ −log σ(c_u − c_s) + κ (−w_u m_u log σ(ξ_u c_u) − w_s m_s log σ(ξ_s c_s)) ]
+    ``L = mean_pairs[ −r log σ(c_u − c_s) + κ (−w_u m_u log σ(ξ_u c_u) − w_s m_s log σ(ξ_s c_s)) ]
     + α · mean_pairs[ ½ (c_u² + c_s²) ]``
 
     * ξ: +1 unsafe, −1 safe (binary labels), or real-valued from :func:`graded_sign`.
@@ -520,6 +538,8 @@ def cost_model_loss(
       all pairs (the ranking term of that pair still counts).
     * w: optional per-response weights (e.g. severity weighting), ``sign_weights =
       (w_u, w_s)``; default 1.
+    * r: optional per-pair weight of the ranking term (``rank_mask``, default 1), e.g.
+      :func:`safe_pair_rank_mask` (0 where both responses are labelled safe).
 
     Metrics use binary labels: ``accuracy`` = mean 1[c_u > c_s], ``sign_accuracy`` over
     both responses with a known label (sign(c) > 0 ↔ unsafe). Labels come from
@@ -528,7 +548,7 @@ def cost_model_loss(
     cu, cs = _squeeze_score(unsafer_end), _squeeze_score(safer_end)
     wu, ws = sign_weights if sign_weights is not None else (None, None)
     mu, ms = sign_mask if sign_mask is not None else (None, None)
-    rank = -F.logsigmoid(cu - cs)
+    rank = _masked_rank(-F.logsigmoid(cu - cs), rank_mask)
     signs = _sign_term(cu, unsafer_sign, wu, mu) + _sign_term(cs, safer_sign, ws, ms)
     return _combine_cost_terms(rank, signs, cu, cs, unsafer_sign, safer_sign, kappa, reg_coeff,
                                is_unsafe, mu, ms)
@@ -549,13 +569,14 @@ def cost_model_loss_tokenwise(
     sign_mask: tuple[Tensor | None, Tensor | None] | None = None,
     is_unsafe: tuple[Tensor, Tensor] | None = None,
     padding_side: Literal["right", "left"] = "right",
+    rank_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Token-wise cost-model loss: the terms of :func:`cost_model_loss` averaged over the span.
 
     With D, E the divergence span of the pair (see :func:`reward_model_loss_tokenwise`,
     same padding rules, same end-score carry-forward), and ``avg_t`` = (1/(E−D+1)) Σ_{t=D..E}:
 
-    ``L = mean_pairs[ avg_t −log σ(c_u[t] − c_s[t])
+    ``L = mean_pairs[ r avg_t −log σ(c_u[t] − c_s[t])
                       + κ (w_u m_u avg_t −log σ(ξ_u c_u[t]) + w_s m_s avg_t −log σ(ξ_s c_s[t])) ]
           + α · mean_pairs[ ½ (c_u² + c_s²) ]``
 
@@ -573,7 +594,7 @@ def cost_model_loss_tokenwise(
     )
     wu, ws = sign_weights if sign_weights is not None else (None, None)
     mu, ms = sign_mask if sign_mask is not None else (None, None)
-    rank = masked_mean(-F.logsigmoid(s_u - s_s), span, dim=-1)
+    rank = _masked_rank(masked_mean(-F.logsigmoid(s_u - s_s), span, dim=-1), rank_mask)
     sign_u = masked_mean(_sign_term(s_u, unsafer_sign, wu, mu), span, dim=-1)
     sign_s = masked_mean(_sign_term(s_s, safer_sign, ws, ms), span, dim=-1)
     return _combine_cost_terms(rank, sign_u + sign_s, cu, cs, unsafer_sign, safer_sign, kappa,

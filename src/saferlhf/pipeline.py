@@ -97,6 +97,17 @@ class StageTimer:
         print(f"=== {name}: {self.seconds[name]:.1f} s ===", flush=True)
 
 
+def run_stage_jobs(timer: StageTimer, title: str, jobs: list[Job], *, workers: int, progress: bool,
+                   log_dir: Path) -> dict[str, Any]:
+    """Run independent stages (``workers`` processes, :func:`saferlhf.jobs.run_jobs`) under one
+    timer entry ``title``; each stage's own seconds go to the timings too. Returns {name: value}."""
+    with timer(title):
+        done = run_jobs(jobs, workers=workers, progress=progress, log_dir=log_dir, title=title)
+    for name, r in done.items():
+        timer.seconds[name] = round(r.seconds, 2)
+    return {name: r.value for name, r in done.items()}
+
+
 def _rl_config(cfg: DemoConfig, sizes: DemoSizes, *, algo: str, policy: Path, rm: Path, cm: Path,
                prompts: Path, out: Path, lam0: float | None = None, budget: float | None = None) -> RLConfig:
     from saferlhf.config import from_dict
@@ -129,11 +140,12 @@ def _train_and_eval_score_model(kind: str, train_cfg: RewardModelConfig | CostMo
 
 
 def _eval_policy(path: Path, world_dir: Path, cm: Path, budget: float, n_boot: int, seed: int,
-                 out: Path) -> dict[str, Any]:
+                 out: Path, max_new_tokens: int = DEMO_RL["max_new_tokens"], modality: str = "auto",
+                 cost_transform: str = "identity") -> dict[str, Any]:
     from saferlhf.eval.world_cli import evaluate_policy_dir, write_world_eval
 
-    result = evaluate_policy_dir(path, world_dir, cost_model=cm, budget=budget,
-                                 max_new_tokens=DEMO_RL["max_new_tokens"], n_boot=n_boot, seed=seed)
+    result = evaluate_policy_dir(path, world_dir, cost_model=cm, budget=budget, max_new_tokens=max_new_tokens,
+                                 n_boot=n_boot, seed=seed, modality=modality, cost_transform=cost_transform)
     return write_world_eval(result, out)
 
 
@@ -227,12 +239,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     world_dir = out / "world"
 
     def parallel(title: str, jobs: list[Job]) -> dict[str, Any]:
-        """Run independent stages (``workers`` processes); per-stage seconds go to the timings."""
-        with timer(title):
-            done = run_jobs(jobs, workers=workers, progress=cfg.progress, log_dir=out / "logs", title=title)
-        for name, r in done.items():
-            timer.seconds[name] = round(r.seconds, 2)
-        return {name: r.value for name, r in done.items()}
+        return run_stage_jobs(timer, title, jobs, workers=workers, progress=cfg.progress, log_dir=out / "logs")
 
     with timer("world"):
         generate_world(world_dir, seed=cfg.seed, noise=cfg.noise, n_sft=sizes.n_sft,

@@ -1,7 +1,8 @@
 """The image + text demo (Safe RLHF-V) behind ``saferlhf demo --modality image-text``.
 
 The same recipe as the text demo (:mod:`saferlhf.pipeline`), in the image-grounded world
-(:mod:`saferlhf.data.world.image`), in one process:
+(:mod:`saferlhf.data.world.image`); independent stages (the three score models, the two RL
+runs, the evaluations) run side by side in worker processes (``--workers``, as in the text demo):
 
 1. generate the image world (harm is in the picture: twin objects share their step words);
 2. build a tiny VLM (``--vlm-style llava`` or ``qwen2_vl``, transformers' own classes) sized to
@@ -14,7 +15,9 @@ The same recipe as the text demo (:mod:`saferlhf.pipeline`), in the image-ground
 3. RM-V (helpfulness pairs) and CM-V (safety pairs) on the SFT VLM's base model, each pair
    with its image; plus a **text-only cost model** trained on the same pairs with the image
    removed (it never sees a picture: its AUROC is what the text alone allows);
-4. ``ppo`` and ``ppo_lag`` from the SFT VLM with the same β, iterations and batch;
+4. ``ppo`` and ``ppo_lag`` from the SFT VLM with the same β, iterations and batch; PPO-Lag
+   constrains the CM-V's expected P(unsafe), E[σ(c)] ≤ d, with d calibrated on the held-out
+   pairs for an unsafe fraction of 10 % (:func:`calibrated_budget`);
 5. ground-truth evaluation of SFT, PPO and PPO-Lag on held-out (prompt, image) items with the
    image world's oracles (metrics M of DESIGN §10, with bootstrap intervals);
 6. ``report.json`` / ``report.md`` / PNG plots in the text demo's layout, plus
@@ -24,17 +27,18 @@ Demo-scale choices, stated honestly (``docs/multimodal.md``): the demo's world u
 rendering* than the generator's default (glyph radius 38–42 % of the image, no distractor
 dots: the tiny vision towers learn the glyphs within a CPU budget; with the default jitter a
 cost model needs ~1500+ steps of 16 pairs to reach 0.84 sign accuracy) and by default the
-first ``n_twins`` twins of :data:`~saferlhf.data.world.image.DEFAULT_TWINS`; the budget is
-d = :data:`IMAGE_DEMO_BUDGET` on the CM-V's scale (``--image-budget``; see its comment) and the
-multiplier a damped PID. Everything reported is computed from generated samples; nothing is
-hard-coded. Measured results, and what does not work yet (the tiny actor does not learn
-image-conditional refusals by RL: PPO-Lag lowers harm but loses benign helpfulness), are in
-``docs/multimodal.md`` §6.
+first ``n_twins`` twins of :data:`~saferlhf.data.world.image.DEFAULT_TWINS`; the constrained
+cost is σ(c) rather than c, the cost models do not rank pairs of two safe responses, and β,
+the multiplier and the budget are set for this scale (each constant below says why, measured).
+Everything reported is computed from generated samples; nothing is hard-coded. Measured results
+are in ``docs/multimodal.md`` §6.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +53,16 @@ from saferlhf.config.stages import (
     RLConfig,
     SFTConfig,
 )
-from saferlhf.pipeline import StageTimer, cm_keys, rm_keys
+from saferlhf.jobs import Job
+from saferlhf.pipeline import (
+    StageTimer,
+    _eval_policy,
+    _rl_job,
+    _train_and_eval_score_model,
+    cm_keys,
+    rm_keys,
+    run_stage_jobs,
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +87,8 @@ class ImageDemoSizes:
 
 
 IMAGE_FULL = ImageDemoSizes(n_twins=3, n_captions=3000, caption_steps=600, n_sft=3000, n_pairs_train=3000, n_pairs_eval=400, n_prompts_train=1000,
-                            n_eval_benign=300, n_eval_harmful=300, sft_epochs=12, score_epochs=6,
-                            rl_iterations=200, rollout_batch_size=32, mini_batch_size=32, n_boot=500)
+                            n_eval_benign=300, n_eval_harmful=300, sft_epochs=24, score_epochs=6,
+                            rl_iterations=400, rollout_batch_size=32, mini_batch_size=32, n_boot=500)
 IMAGE_QUICK = ImageDemoSizes(n_twins=2, n_captions=200, caption_steps=10, n_sft=200, n_pairs_train=200, n_pairs_eval=60, n_prompts_train=80,
                              n_eval_benign=30, n_eval_harmful=30, sft_epochs=1, score_epochs=1,
                              rl_iterations=2, rollout_batch_size=16, mini_batch_size=16, n_boot=100)
@@ -85,19 +98,29 @@ IMAGE_DEMO_RENDER = {"radius": [0.38, 0.42], "distractors": [0, 0]}
 # The tiny VLM (both styles): a 1-layer vision tower, a 2-layer text model.
 IMAGE_DEMO_VLM = {"vision_hidden_size": 64, "vision_layers": 1, "vision_heads": 2, "hidden_size": 64,
                   "num_layers": 2, "num_heads": 4}
-IMAGE_DEMO_RL = dict(temperature=1.0, max_new_tokens=24, kl_coeff=0.1, actor_lr=3e-4, critic_lr=5e-4,
-                     ppo_epochs=1, clip_score=10.0)
-# A damped PID multiplier: with log_sgd (η = 1, the text demo's) or projected ascent λ swung
-# between 0 and its cap within ~20 iterations here, and the policy with it between refusing and
-# answering everything (docs/multimodal.md §6).
-IMAGE_DEMO_LAGRANGE = dict(rule="pid", init=0.5, kp=0.3, ki=0.03, kd=0.0, max_lambda=5.0, window=256)
+# β = 0.05 for PPO and PPO-Lag alike (docs/multimodal.md §6): at 0.1 the PPO-Lag actor stays
+# too close to the SFT policy (the Safe RLHF combiner (A_r − λA_c)/(1+λ) scales the reward by
+# 1/(1+λ) while the KL keeps β, and λ sits at 3–8 here); at 0.02 PPO over-optimises the reward
+# model (oracle helpfulness falls from 4.8 to 2.7 while its reward rises).
+# cost_transform sigmoid: the constrained episode cost is σ(c), the CM-V's P(unsafe) (see
+# saferlhf.lagrange.transform_cost and the budget below).
+IMAGE_DEMO_RL = dict(temperature=1.0, max_new_tokens=24, kl_coeff=0.05, actor_lr=3e-4, critic_lr=5e-4,
+                     ppo_epochs=1, clip_score=10.0, cost_transform="sigmoid")
+# A PID multiplier in P(unsafe) units (errors J_C − d of ±0.1): λ₀ = 5 starts inside the range
+# where refusing harmful images and answering benign ones is what the combined advantage
+# prefers (λ ≈ 2.5–30 with the demo's CM-V; below ~3 the actor answers everything).
+IMAGE_DEMO_LAGRANGE = dict(rule="pid", init=5.0, kp=5.0, ki=1.0, kd=0.0, max_lambda=20.0, window=256)
+# CM-V and the text-only CM: pairs of two responses both labelled safe are not ranked
+# (saferlhf.losses.safe_pair_rank_mask). With them the CM-V ranked refusals ~3 units below
+# full answers to *benign* images (the annotators call the more cautious safe answer safer),
+# so any multiplier large enough to stop harmful answers also bought refusals of benign images.
+IMAGE_DEMO_COST_MODEL = {"rank_safe_pairs": False}
+# The budget: at most this fraction of unsafe responses, as the CM-V measures it. d is set on
+# the held-out pairs (calibrated_budget): d = s̄ + τ (ū − s̄), with s̄ / ū the mean σ(c) of the
+# responses labelled safe / unsafe, so J_C ≤ d reads "unsafe fraction ≤ τ" whatever the label
+# noise does to σ(c)'s range. --budget D (a value of σ(c), in (0, 1)) overrides it.
+IMAGE_DEMO_UNSAFE_FRACTION = 0.1
 FROZEN_AFTER_PRETRAINING = ["vision_tower"]
-# The budget d on the CM-V's scale (--budget, or --image-budget, overrides it). d = 0, the text
-# demo's default, does not bind here: the CM-V's costs of safe responses are far below 0 (about
-# −2.4 for a full answer to a benign image, −5 for a refusal) and the cost of a harmful answer
-# only ~+2.4, so even PPO's samples average below 0. −2.0 is about the SFT policy's own mean cost:
-# PPO-Lag may not do more harm, by the CM-V's measure, than the SFT policy.
-IMAGE_DEMO_BUDGET = -2.0
 MAX_LENGTH = 80  # 16 image tokens + prompt (<= 16) + response (<= 32) + EOS, with room
 
 
@@ -135,17 +158,42 @@ def write_captions(world_dir: Path, out: Path, n: int, seed: int) -> Path:
     return out / "captions.jsonl"
 
 
+def calibrated_budget(cost_model: Path, world_dir: Path, unsafe_fraction: float) -> dict[str, Any]:
+    """The budget on J_C = E[σ(c)] that reads "at most ``unsafe_fraction`` τ unsafe responses".
+
+    On the world's held-out pairs (each response with its pair's image): s̄ = mean σ(c) of the
+    responses labelled safe, ū = of those labelled unsafe; if a fraction u of a policy's
+    responses is unsafe and each group scores like its labelled counterpart, J_C = s̄ + u (ū − s̄),
+    so ``d = s̄ + τ (ū − s̄)``. Label noise narrows σ(c)'s range (a noisily labelled safe answer
+    never scores near 0), which a fixed d in σ units would not follow."""
+    import numpy as np
+
+    from saferlhf.data.world.image import ImageWorld
+    from saferlhf.eval.samplers import CostScorer
+
+    world = ImageWorld.load(world_dir)
+    items = [(r, i) for r in world.eval_pairs() for i in (0, 1) if r.get(f"is_response_{i}_safe") is not None]
+    if not items:
+        raise ValueError(f"{world_dir}/pairs_eval.jsonl has no safety labels to calibrate the budget on")
+    scorer = CostScorer(cost_model, transform="sigmoid")
+    p = np.asarray(scorer([r["prompt"] for r, _ in items], [r[f"response_{i}"] for r, i in items],
+                          [[world.image_path(r["image"])] for r, _ in items]), dtype=float)
+    safe = np.asarray([bool(r[f"is_response_{i}_safe"]) for r, i in items])
+    if safe.all() or not safe.any():
+        raise ValueError("calibrating the budget needs held-out responses labelled safe and unsafe")
+    s_bar, u_bar = float(p[safe].mean()), float(p[~safe].mean())
+    return {"budget": round(s_bar + unsafe_fraction * (u_bar - s_bar), 6), "unsafe_fraction": unsafe_fraction,
+            "mean_p_unsafe_labelled_safe": round(s_bar, 6), "mean_p_unsafe_labelled_unsafe": round(u_bar, 6),
+            "n": int(len(p))}
+
+
 def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the image demo into ``cfg.out``; returns the report (also written as report.json)."""
     from saferlhf.config import ConfigError, from_dict
     from saferlhf.data.world.image import DEFAULT_TWINS, generate_image_world
     from saferlhf.eval.report import write_report
-    from saferlhf.eval.score_eval import run_eval_score_model
-    from saferlhf.eval.world_cli import evaluate_policy_dir, write_world_eval
     from saferlhf.models.loading import load_tokenizer
     from saferlhf.models.tiny_vlm import save_vlm, tiny_vlm
-    from saferlhf.trainers.rl import SafeRLTrainer
-    from saferlhf.trainers.score import train_score_model
     from saferlhf.trainers.sft import run_sft
 
     if cfg.rounds != 1:
@@ -158,9 +206,12 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     timer = StageTimer()
     world_dir = out / "world"
     objects = [name for b, h, _ in DEFAULT_TWINS[: sizes.n_twins] for name in (b, h)]
-    # --budget when given, else --image-budget, else the image demo's default
+    # --budget when given, else --image-budget, else calibrated on the held-out pairs (below)
     image_budget = cfg.budget if cfg.budget is not None else cfg.image_budget
-    budget = IMAGE_DEMO_BUDGET if image_budget is None else float(image_budget)
+    if image_budget is not None and not 0.0 < float(image_budget) < 1.0:
+        raise ConfigError(f"--budget {image_budget}: the image demo constrains E[σ(c)], the CM-V's expected "
+                          "P(unsafe), so d must lie in (0, 1) (e.g. 0.15); leave it out to calibrate d for "
+                          f"an unsafe fraction of {IMAGE_DEMO_UNSAFE_FRACTION}")
 
     with timer("world"):
         generate_image_world(world_dir, seed=cfg.seed, noise=cfg.noise, n_sft=sizes.n_sft,
@@ -181,57 +232,72 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
                           epochs=sizes.sft_epochs, batch_size=32, lr=2e-3, max_length=MAX_LENGTH, seed=cfg.seed,
                           progress=cfg.progress, log_every=100, freeze=FROZEN_AFTER_PRETRAINING))
 
+    workers = cfg.workers or (os.cpu_count() or 1)
+
+    def parallel(title: str, jobs: list[Job]) -> dict[str, Any]:
+        return run_stage_jobs(timer, title, jobs, workers=workers, progress=cfg.progress, log_dir=out / "logs")
+
+    # RM-V, CM-V and the text-only CM only need the world and the SFT VLM
     pairs, eval_pairs = world_dir / "pairs_train.jsonl", world_dir / "pairs_eval.jsonl"
     common = dict(model=str(sft), max_length=MAX_LENGTH, batch_size=32, epochs=sizes.score_epochs, seed=cfg.seed,
                   progress=cfg.progress, log_every=100, freeze=FROZEN_AFTER_PRETRAINING)
-    summaries: dict[str, Any] = {}
-    runs = [("reward", RewardModelConfig, pairs, eval_pairs, "reward_model"),
-            ("cost", CostModelConfig, pairs, eval_pairs, "cost_model"),
-            ("cost", CostModelConfig, strip_images(pairs, out / "pairs_train_text_only.jsonl"),
+    runs = [("reward", RewardModelConfig, {}, pairs, eval_pairs, "reward_model"),
+            ("cost", CostModelConfig, IMAGE_DEMO_COST_MODEL, pairs, eval_pairs, "cost_model"),
+            ("cost", CostModelConfig, IMAGE_DEMO_COST_MODEL, strip_images(pairs, out / "pairs_train_text_only.jsonl"),
              strip_images(eval_pairs, out / "pairs_eval_text_only.jsonl"), "cost_model_text_only")]
-    for kind, cls, data, eval_data, name in runs:
-        with timer(name):
-            dst = out / name
-            train_score_model(cls(out=str(dst), data=str(data), **common), kind)
-            summaries[name] = run_eval_score_model(EvalScoreModelConfig(
-                model=str(dst), data=str(eval_data), out=str(out / f"{name}_eval"), max_length=MAX_LENGTH))
+    steps = max(1, int(sizes.n_pairs_train * sizes.score_epochs) // 32)
+    summaries = parallel("score_models", [
+        Job(name, _train_and_eval_score_model,
+            dict(kind=kind, train_cfg=cls(out=str(out / name), data=str(data), **common, **extra),
+                 eval_cfg=EvalScoreModelConfig(model=str(out / name), data=str(eval_data),
+                                               out=str(out / f"{name}_eval"), max_length=MAX_LENGTH)),
+            total=steps, metrics=out / name / "metrics.jsonl")
+        for kind, cls, extra, data, eval_data, name in runs])
     rm, cm = out / "reward_model", out / "cost_model"
+    if image_budget is None:
+        with timer("budget"):
+            calibration = calibrated_budget(cm, world_dir, IMAGE_DEMO_UNSAFE_FRACTION)
+        budget = calibration["budget"]
+    else:
+        calibration, budget = None, float(image_budget)
 
-    histories: dict[str, Any] = {}
-    policies: dict[str, Path] = {"sft": sft}
-    finals: dict[str, Any] = {}
+    iterations = cfg.rl_iterations or sizes.rl_iterations
+    rl_jobs = []
     for algo in ("ppo", "ppo_lag"):
-        with timer(f"rl_{algo}"):
-            rl_out = out / "rl" / algo
-            rl_cfg = from_dict(RLConfig, dict(
-                IMAGE_DEMO_RL, algo=algo, policy=str(sft), reward_model=str(rm), cost_model=str(cm),
-                prompts=str(world_dir / "prompts_train.jsonl"), out=str(rl_out), budget=budget,
-                iterations=cfg.rl_iterations or sizes.rl_iterations, rollout_batch_size=sizes.rollout_batch_size,
-                mini_batch_size=sizes.mini_batch_size, seed=cfg.seed, progress=cfg.progress, log_every=20,
-                lagrange=IMAGE_DEMO_LAGRANGE, actor_freeze=FROZEN_AFTER_PRETRAINING,
-                critic_freeze=FROZEN_AFTER_PRETRAINING))
-            result = SafeRLTrainer(rl_cfg).train()
-            histories[algo] = result["history"]
-            finals[algo] = {"final_lambda": result["lambda"], "at_cap": result["at_cap"]}
-            policies[algo] = rl_out / "policy"
-    methods: dict[str, Any] = {}
-    with timer("eval_world"):
-        for name, path in policies.items():
-            res = evaluate_policy_dir(path, world_dir, cost_model=cm, budget=budget,
-                                      max_new_tokens=IMAGE_DEMO_RL["max_new_tokens"], n_boot=sizes.n_boot,
-                                      seed=cfg.seed, modality="image-text")
-            methods[name] = write_world_eval(res, out / "eval" / name)
+        rl_cfg = from_dict(RLConfig, dict(
+            IMAGE_DEMO_RL, algo=algo, policy=str(sft), reward_model=str(rm), cost_model=str(cm),
+            prompts=str(world_dir / "prompts_train.jsonl"), out=str(out / "rl" / algo), budget=budget,
+            iterations=iterations, rollout_batch_size=sizes.rollout_batch_size,
+            mini_batch_size=sizes.mini_batch_size, seed=cfg.seed, progress=cfg.progress, log_every=20,
+            lagrange=IMAGE_DEMO_LAGRANGE, actor_freeze=FROZEN_AFTER_PRETRAINING,
+            critic_freeze=FROZEN_AFTER_PRETRAINING))
+        rl_jobs.append(_rl_job(algo, rl_cfg))
+    rl = parallel("rl", rl_jobs)
+    histories = {algo: rl[f"rl_{algo}"]["history"] for algo in ("ppo", "ppo_lag")}
+    finals = {algo: {k: rl[f"rl_{algo}"][k] for k in ("final_lambda", "at_cap")} for algo in ("ppo", "ppo_lag")}
+    policies: dict[str, Path] = {"sft": sft, "ppo": out / "rl" / "ppo" / "policy",
+                                 "ppo_lag": out / "rl" / "ppo_lag" / "policy"}
+    evals = parallel("eval_world", [
+        Job(f"eval_{name}", _eval_policy, dict(
+            path=path, world_dir=world_dir, cm=cm, budget=budget, n_boot=sizes.n_boot, seed=cfg.seed,
+            out=out / "eval" / name, max_new_tokens=IMAGE_DEMO_RL["max_new_tokens"], modality="image-text",
+            cost_transform=IMAGE_DEMO_RL["cost_transform"]))
+        for name, path in policies.items()])
+    methods = {name: evals[f"eval_{name}"] for name in policies}
 
     report: dict[str, Any] = {
         "modality": "image-text", "vlm_style": style,
-        "seed": cfg.seed, "noise": cfg.noise, "budget": budget, "quick": cfg.quick,
+        "seed": cfg.seed, "noise": cfg.noise, "budget": budget, "cost_transform": IMAGE_DEMO_RL["cost_transform"],
+        "quick": cfg.quick,
         "reward_model": rm_keys(summaries["reward_model"]),
         "cost_model": cm_keys(summaries["cost_model"]),
         "cost_model_text_only": cm_keys(summaries["cost_model_text_only"]),
         "methods": methods,
         "lagrange": {**finals["ppo_lag"], "max_lambda": IMAGE_DEMO_LAGRANGE["max_lambda"],
                      "rule": IMAGE_DEMO_LAGRANGE["rule"]},
-        "rl_settings": {**IMAGE_DEMO_RL, "iterations": cfg.rl_iterations or sizes.rl_iterations,
+        "cost_model_settings": IMAGE_DEMO_COST_MODEL,
+        "budget_calibration": calibration,
+        "rl_settings": {**IMAGE_DEMO_RL, "iterations": iterations,
                         "rollout_batch_size": sizes.rollout_batch_size, "lagrange": IMAGE_DEMO_LAGRANGE},
         "world": {"objects": objects, "render": IMAGE_DEMO_RENDER, "sizes": asdict(sizes)},
         "vlm": dict(IMAGE_DEMO_VLM, style=style, frozen_after_pretraining=FROZEN_AFTER_PRETRAINING),
@@ -242,7 +308,7 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
         else round(report["cost_model"]["auroc"] - report["cost_model_text_only"]["auroc"], 4))
     write_report(report, histories, out)
     _append_image_section(report, out / "report.md")
-    report["timings_s"]["total"] = round(sum(timer.seconds.values()), 2)
+    report["timings_s"]["total"] = round(time.perf_counter() - timer.started, 2)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -260,7 +326,18 @@ def _append_image_section(report: dict[str, Any], path: Path) -> None:
               f"{fmt(cm.get('auroc'))} | {fmt(cm.get('oracle_auroc'))} |"),
              (f"| text only (never sees it) | {fmt(txt.get('accuracy'))} | {fmt(txt.get('sign_accuracy'))} | "
               f"{fmt(txt.get('auroc'))} | {fmt(txt.get('oracle_auroc'))} |"), "",
-             f"AUROC gain from the image: {fmt(report.get('cost_model_auroc_gain_over_text_only'))}.", ""]
+             f"AUROC gain from the image: {fmt(report.get('cost_model_auroc_gain_over_text_only'))}.", "",
+             "## The constraint", "",
+             (f"PPO-Lag constrains E[σ(c)], the CM-V's expected probability that a response is unsafe "
+              f"(`cost_transform: {report['cost_transform']}`), to d = {report['budget']:.4f}; the `model_cost` "
+              "columns above are in the same units.")]
+    cal = report.get("budget_calibration")
+    if cal:
+        lines += ["", (f"d is calibrated on the {cal['n']} held-out responses for an unsafe fraction τ = "
+                       f"{cal['unsafe_fraction']}: d = s̄ + τ (ū − s̄) with s̄ = {cal['mean_p_unsafe_labelled_safe']:.4f} "
+                       f"(mean σ(c) of responses labelled safe) and ū = {cal['mean_p_unsafe_labelled_unsafe']:.4f} "
+                       "(labelled unsafe).")]
+    lines.append("")
     with path.open("a") as fh:
         fh.write("\n".join(lines))
 

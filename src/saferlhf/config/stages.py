@@ -123,6 +123,8 @@ class CostModelConfig(ScoreModelConfig):
     zero_rating_sign: float | None = option(
         None, help="graded: the sign given to a harmless_rate of 0 (e.g. -1 = safe); null = no gradient")
     severity_weighted: bool = option(False, help="weight the sign term by severity level (1 + severity)")
+    rank_safe_pairs: bool = option(
+        True, help="rank pairs whose responses are both labelled safe (false: only the sign term shapes safe costs)")
 
 
 @dataclass(kw_only=True)
@@ -182,6 +184,9 @@ class RLConfig:
     loss_agg: Literal["token_mean", "seq_mean"] = option("token_mean", help="policy/value loss aggregation")
     normalize_reward: bool = option(False, help="apply the reward model's saved normaliser at RL time")
     normalize_cost: bool = option(False, help="apply the cost model's saved (scale-only) normaliser")
+    cost_transform: Literal["identity", "sigmoid"] = option(
+        "identity", help="episode cost: the cost model's score c (Safe RLHF), or sigmoid(c) = its P(unsafe), "
+                         "which makes the budget d a target unsafe probability in [0, 1]")
     truncation_penalty: float | None = option(None, help="added to the reward of responses cut without EOS")
     whiten_advantages: bool = option(False, help="whiten the combined advantage (after combining)")
     actor_lr: float = option(1e-4, help="policy learning rate")
@@ -269,6 +274,8 @@ class EvalWorldConfig:
     modality: Literal["auto", "text", "image-text"] = option(
         "auto", help="the world's modality (auto: read from world.json); image-text needs a VLM policy")
     budget: float = option(0.0, help="budget d the constraint is checked against")
+    cost_transform: Literal["identity", "sigmoid"] = option(
+        "identity", help="the episode cost the policy was constrained on (RL's cost_transform): model_cost's units")
     temperature: float | None = option(None, help="sampling temperature (default: the policy's own, else 1)")
     max_new_tokens: int = option(32, help="response length cap")
     n_boot: int = option(1000, help="bootstrap resamples for the 95 % intervals")
@@ -284,7 +291,8 @@ class DemoConfig:
     noise: float = option(0.1, help="annotator noise of the world's labels")
     budget: float | None = option(
         None, help="cost budget d of ppo_lag (default: 0, the cost model's own safe/unsafe boundary; "
-                   "image-text: the image demo's d on the CM-V's scale, docs/multimodal.md §6)")
+                   "image-text: a bound on E[σ(c)] in (0, 1), by default calibrated for a 10 % unsafe "
+                   "fraction, docs/multimodal.md §6)")
     sft_budget: bool = option(True, help="also run PPO-Lag at d = the SFT policy's mean learned cost "
                                          "(ppo_lag_sft_budget; --rounds continue it): docs/demo.md")
     quick: bool = option(False, help="small sizes (<= 2 minutes): checks the pipeline, not the science")
@@ -292,8 +300,8 @@ class DemoConfig:
         "text", help="text: the text world; image-text: the image world with tiny VLMs (Safe RLHF-V)")
     vlm_style: Literal["llava", "qwen2_vl"] = option("llava", help="image-text: the tiny VLM's style")
     image_budget: float | None = option(
-        None, help="image-text: budget d on the CM-V's scale when --budget is not given "
-                   "(null: pipeline_image.IMAGE_DEMO_BUDGET)")
+        None, help="image-text: budget d on E[σ(c)], in (0, 1), when --budget is not given "
+                   "(null: calibrated, pipeline_image.calibrated_budget)")
     rounds: int = option(1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
     shaping_lambdas: list[float] = option([0.5, 5.0], help="fixed λ₀ values of the reward-shaping baseline")
     rl_iterations: int | None = option(None, help="RL iterations per method (default: by mode)")
@@ -330,6 +338,8 @@ class BudgetConfig:
     max_new_tokens: int = option(32, help="response length cap")
     batch_size: int = option(64, help="prompts per generate call")
     normalize_cost: bool = option(False, help="apply the cost model's saved (scale-only) normaliser, as RL would")
+    cost_transform: Literal["identity", "sigmoid"] = option(
+        "identity", help="the episode cost RL will constrain (RL's cost_transform): the units of d")
     device: str | None = option(None, help="cpu | cuda (default: cuda when available)")
     seed: int = option(0, help="sampling seed")
 

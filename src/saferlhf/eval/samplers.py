@@ -94,9 +94,14 @@ class CostScorer:
     """``scorer(prompts, responses) -> np.ndarray`` of end scores from a score-model folder."""
 
     def __init__(self, path: str | Path, *, normalize: bool | None = None, batch_size: int = 128,
-                 max_length: int = 256) -> None:
+                 max_length: int = 256, transform: str = "identity") -> None:
+        from saferlhf.lagrange import COST_TRANSFORMS
         from saferlhf.models.score_model import ScoreModel
         from saferlhf.models.tiny_vlm import load_processor
+
+        if transform not in COST_TRANSFORMS:
+            raise ValueError(f"unknown cost transform {transform!r} (expected one of {COST_TRANSFORMS})")
+        self.transform = transform  # the episode cost RL constrained (saferlhf.lagrange.transform_cost)
 
         self.model = ScoreModel.from_pretrained(path, normalize=normalize).eval()
         self.tokenizer = load_processor(path)
@@ -110,13 +115,18 @@ class CostScorer:
     def __call__(self, prompts: Sequence, responses: Sequence[str], images: Sequence | None = None) -> np.ndarray:
         """Scores of prompt + response (+ the item's images, for a VLM score model: a list of
         paths / PIL images per item). A text score model ignores ``images``."""
+        import torch
+
         from saferlhf.eval.score_eval import score_texts, score_vlm_texts
+        from saferlhf.lagrange import transform_cost
 
         if self.is_vlm:
             imgs = [[] for _ in prompts] if images is None else [
                 [] if e is None else (list(e) if isinstance(e, (list, tuple)) else [e]) for e in images]
             imgs = [[str(x) if isinstance(x, Path) else x for x in row] for row in imgs]
-            return score_vlm_texts(self.model, self.tokenizer, list(prompts), imgs, list(responses),
-                                   max_length=self.max_length, batch_size=self.batch_size)
-        return score_texts(self.model, self.tokenizer, self.template, list(prompts), list(responses),
-                           max_length=self.max_length, batch_size=self.batch_size)
+            scores = score_vlm_texts(self.model, self.tokenizer, list(prompts), imgs, list(responses),
+                                     max_length=self.max_length, batch_size=self.batch_size)
+        else:
+            scores = score_texts(self.model, self.tokenizer, self.template, list(prompts), list(responses),
+                                 max_length=self.max_length, batch_size=self.batch_size)
+        return scores if self.transform == "identity" else transform_cost(torch.as_tensor(scores), self.transform).numpy()

@@ -43,8 +43,12 @@ def world_modality(world_dir: str | Path) -> str:
 
 def evaluate_policy_dir(policy: str | Path, world_dir: str | Path, *, cost_model: str | Path | None = None,
                         budget: float = 0.0, temperature: float | None = None, max_new_tokens: int = 32,
-                        n_boot: int = 1000, seed: int = 0, modality: str = "auto") -> dict[str, Any]:
+                        n_boot: int = 1000, seed: int = 0, modality: str = "auto",
+                        cost_transform: str = "identity") -> dict[str, Any]:
     """Library call used by the CLI and the demo: the metrics M of one policy folder.
+
+    ``cost_transform``: the episode cost the policy was constrained on (RL's option of that
+    name): ``model_cost``, the tolerance and ``constraint_met`` are then in its units.
 
     ``modality``: ``auto`` reads it from ``world.json``; an image world needs a VLM policy (the
     cost model may be a VLM or a text-only model)."""
@@ -55,7 +59,7 @@ def evaluate_policy_dir(policy: str | Path, world_dir: str | Path, *, cost_model
     if modality not in ("auto", found):
         raise ConfigError(f"--modality {modality}, but the world in {world_dir} is {found!r}")
     sampler = PolicySampler(policy, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    scorer = CostScorer(cost_model) if cost_model else None
+    scorer = CostScorer(cost_model, transform=cost_transform) if cost_model else None
     if found == "image-text":
         from saferlhf.data.world.image import ImageWorld
 
@@ -86,7 +90,8 @@ def write_world_eval(result: dict[str, Any], out: str | Path) -> dict[str, Any]:
 def run_eval_world(cfg) -> dict[str, Any]:
     result = evaluate_policy_dir(cfg.policy, cfg.world, cost_model=cfg.cost_model, budget=cfg.budget,
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                 n_boot=cfg.n_boot, seed=cfg.seed, modality=getattr(cfg, "modality", "auto"))
+                                 n_boot=cfg.n_boot, seed=cfg.seed, modality=getattr(cfg, "modality", "auto"),
+                                 cost_transform=getattr(cfg, "cost_transform", "identity"))
     summary = write_world_eval(result, cfg.out)
     keys = ("helpfulness_benign", "harmful_rate", "harmful_rate_harmful", "over_refusal_benign",
             "model_cost", "constraint_met")

@@ -70,7 +70,13 @@ from saferlhf.config.stages import RLConfig
 from saferlhf.data.templates import Template, encode_prompt, encode_prompt_response
 from saferlhf.errors import NonFiniteLossError
 from saferlhf.io import atomic_dir
-from saferlhf.lagrange import LagrangeConfig, LagrangeMultiplier, suggest_budget
+from saferlhf.lagrange import (
+    LagrangeConfig,
+    LagrangeMultiplier,
+    suggest_budget,
+    transform_cost,
+    unsafe_boundary,
+)
 from saferlhf.models.checkpoint import load_template, read_meta, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.policy import ReferenceModel, disable_dropout, forward_logprobs
@@ -476,6 +482,8 @@ class SafeRLTrainer:
     def _score(self, batch, prompts, texts) -> tuple[torch.Tensor, torch.Tensor | None]:
         reward = self.reward_scorer.score(batch, prompts, texts).clone()
         cost = self.cost_scorer.score(batch, prompts, texts).clone() if self.cost_scorer is not None else None
+        if cost is not None:
+            cost = transform_cost(cost, self.cfg.cost_transform)
         if self.cfg.truncation_penalty is not None:
             truncated = ~batch.ended_with_eos.to(reward.device)
             reward = reward + self.cfg.truncation_penalty * truncated.float()
@@ -560,7 +568,8 @@ class SafeRLTrainer:
             stats[f"critic/{name}_value_mean"] = L.masked_mean(t.values[name], mask).item()
             stats[f"critic/{name}_return_mean"] = L.masked_mean(t.returns[name], mask).item()
         if cost is not None:
-            stats.update({"cost": self._global_mean(cost), "unsafe_rate": self._global_mean((cost > 0).float())})
+            unsafe = (cost > unsafe_boundary(cfg.cost_transform)).float()
+            stats.update({"cost": self._global_mean(cost), "unsafe_rate": self._global_mean(unsafe)})
             if not self.algo.learns_lambda:
                 # J_C of the batch, for comparison with the budget (no multiplier to track it).
                 stats.update({"J_C": stats["cost"], "J_C_minus_d": stats["cost"] - cfg.budget})
@@ -742,7 +751,8 @@ class SafeRLTrainer:
         reward, cost = self._score(batch, rep, texts)
         out = {"reward": reward.mean().item(), "response_length": batch.response_lengths.float().mean().item()}
         if cost is not None:
-            out.update({"cost": cost.mean().item(), "unsafe_rate": (cost > 0).float().mean().item(),
+            unsafe = (cost > unsafe_boundary(self.cfg.cost_transform)).float()
+            out.update({"cost": cost.mean().item(), "unsafe_rate": unsafe.mean().item(),
                         "J_C_minus_d": cost.mean().item() - self.cfg.budget})
         self._last_eval_samples = [
             {"prompt": p if isinstance(p, str) else json.dumps(p), "response": r, "reward": float(reward[i]),
@@ -849,6 +859,12 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
 def run_budget(cfg) -> dict[str, Any]:
     """``saferlhf budget``: sample the policy on prompts, score the samples with the cost
     model, print (and write) :func:`saferlhf.lagrange.suggest_budget` as JSON."""
+    from saferlhf.models.tiny_vlm import is_vlm_dir
+
+    if is_vlm_dir(cfg.policy):
+        raise ConfigError(f"saferlhf budget: --policy {cfg.policy} is a vision-language model; the budget helper "
+                          "samples text prompts only. For image prompts, calibrate d on held-out pairs "
+                          "(saferlhf.pipeline_image.calibrated_budget) or read J_C from the first RL iterations")
     seed_everything(cfg.seed)
     device = torch.device(cfg.device) if cfg.device else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -876,15 +892,16 @@ def run_budget(cfg) -> dict[str, Any]:
         batch = backend.generate(ids, sampling=sampling, seed=cfg.seed * 7919 + s)
         rep = [chunk[i] for i in batch.prompt_index.tolist()]
         texts = batch.response_texts or [""] * len(batch)
-        c = scorer.score(batch, rep, texts).cpu().clone()
+        c = transform_cost(scorer.score(batch, rep, texts).cpu().clone(), cfg.cost_transform)
         costs.append(c)
         rows.extend({"prompt": p if isinstance(p, str) else json.dumps(p), "response": r, "cost": float(x)}
                     for p, r, x in zip(rep, texts, c.tolist()))
     all_costs = torch.cat(costs)
-    result = suggest_budget(all_costs, target_unsafe_rate=cfg.target_unsafe_rate)
+    result = suggest_budget(all_costs, target_unsafe_rate=cfg.target_unsafe_rate,
+                            boundary=unsafe_boundary(cfg.cost_transform))
     result.update({"policy": str(cfg.policy), "cost_model": str(cfg.cost_model), "prompts": str(cfg.prompts),
                    "n_prompts": len(prompts), "n_samples": cfg.n_samples, "temperature": temperature,
-                   "normalize_cost": cfg.normalize_cost})
+                   "normalize_cost": cfg.normalize_cost, "cost_transform": cfg.cost_transform})
     text = json.dumps(result, indent=2, default=float)
     print(text)
     if cfg.out:

@@ -177,6 +177,8 @@ def make_loss_fn(cfg: ScoreModelConfig, kind: str):
             kw = {"kappa": cfg.kappa, "reg_coeff": cfg.reg_coeff,
                   "sign_weights": (batch["weight_hi"], batch["weight_lo"]),
                   "is_unsafe": (batch["unsafe_hi"], batch["unsafe_lo"])}
+            if not cfg.rank_safe_pairs:
+                kw["rank_mask"] = L.safe_pair_rank_mask(batch["unsafe_hi"], batch["unsafe_lo"])
             if cfg.loss_type == "token":
                 loss, m = L.cost_model_loss_tokenwise(out.scores[:B], out.scores[B:], ids[:B], ids[B:], am[:B], am[B:],
                                                       batch["sign_hi"], batch["sign_lo"], **kw)
