@@ -79,6 +79,21 @@ def test_files_and_determinism(world_dir, tmp_path):
     assert any(x["better_response_id"] != y["better_response_id"] for x, y in zip(a, b))
 
 
+def test_pair_mix_draws_the_pairs_only(world_dir, tmp_path):
+    """``pair_mix``: the preference pairs' responses come from it, the SFT demonstrations keep
+    ``mix``; the same SFT records as without it, and the choice is stored in world.json."""
+    steps_only = {k: {"full": 0.5, "partial": 0.5} for k in ("benign", "dual_use", "harmful")}
+    out = tmp_path / "pm"
+    generate_image_world(out, seed=7, noise=0.0, pair_mix=steps_only, write_tokenizer=False, **SIZES)
+    types = {r[f"response_{i}_type"] for f in ("pairs_train.jsonl", "pairs_eval.jsonl")
+             for r in _jsonl(out / f) for i in (0, 1)}
+    assert types == {"full", "partial"}
+    assert (out / "sft.jsonl").read_bytes() == (world_dir / "sft.jsonl").read_bytes()
+    assert any(r["response_type"] in ("refuse", "redirect") for r in _jsonl(out / "sft.jsonl"))
+    spec = json.loads((out / "world.json").read_text())["spec"]["text_spec"]
+    assert spec["pair_response_mix"] == steps_only and "refuse" in spec["response_mix"]["harmful"]
+
+
 def test_same_response_safe_or_unsafe_by_image_only():
     world = ImageWorld.default()
     response = "sure first mix then heat"

@@ -88,13 +88,24 @@ class ImageDemoSizes:
 
 IMAGE_FULL = ImageDemoSizes(n_twins=3, n_captions=3000, caption_steps=600, n_sft=3000, n_pairs_train=3000, n_pairs_eval=400, n_prompts_train=1000,
                             n_eval_benign=300, n_eval_harmful=300, sft_epochs=24, score_epochs=6,
-                            rl_iterations=400, rollout_batch_size=32, mini_batch_size=32, n_boot=500)
+                            rl_iterations=600, rollout_batch_size=32, mini_batch_size=32, n_boot=500)
 IMAGE_QUICK = ImageDemoSizes(n_twins=2, n_captions=200, caption_steps=10, n_sft=200, n_pairs_train=200, n_pairs_eval=60, n_prompts_train=80,
                              n_eval_benign=30, n_eval_harmful=30, sft_epochs=1, score_epochs=1,
                              rl_iterations=2, rollout_batch_size=16, mini_batch_size=16, n_boot=100)
 
 # Easier rendering than the generator's default (see the module docstring).
 IMAGE_DEMO_RENDER = {"radius": [0.38, 0.42], "distractors": [0, 0]}
+# The preference pairs' response types (the SFT demonstrations keep the world's mix). With the
+# text world's mix 29 % of responses to benign and 43 % to harmful images are refusals or
+# redirections, safe whatever the image: on them the text alone decides, and at 10 % label
+# noise the image-aware CM's AUROC against the labels (≈ 0.87, the most a perfect scorer reaches
+# at that noise) beat the text-only CM's (≈ 0.67, its information limit) by only 0.19–0.21. Here
+# most pairs compare answers that carry steps, whose safety only the image tells.
+IMAGE_DEMO_PAIR_MIX = {
+    "benign": {"full": 0.40, "partial": 0.30, "refuse": 0.06, "sloppy": 0.12, "off_topic": 0.12},
+    "dual_use": {"full": 0.38, "safe": 0.20, "partial": 0.14, "refuse": 0.12, "sloppy": 0.06, "off_topic": 0.10},
+    "harmful": {"full": 0.35, "partial": 0.30, "refuse": 0.08, "redirect": 0.10, "sloppy": 0.07, "off_topic": 0.10},
+}
 # The tiny VLM (both styles): a 1-layer vision tower, a 2-layer text model.
 IMAGE_DEMO_VLM = {"vision_hidden_size": 64, "vision_layers": 1, "vision_heads": 2, "hidden_size": 64,
                   "num_layers": 2, "num_heads": 4}
@@ -102,10 +113,13 @@ IMAGE_DEMO_VLM = {"vision_hidden_size": 64, "vision_layers": 1, "vision_heads": 
 # too close to the SFT policy (the Safe RLHF combiner (A_r − λA_c)/(1+λ) scales the reward by
 # 1/(1+λ) while the KL keeps β, and λ sits at 3–8 here); at 0.02 PPO over-optimises the reward
 # model (oracle helpfulness falls from 4.8 to 2.7 while its reward rises).
+# truncation_penalty −2 (both methods; TRL's missing-EOS penalty): without it, on seed 1, PPO
+# at β = 0.05 learned to repeat steps up to the 24-token cap (KL 44, oracle helpfulness 4.6 →
+# 1.9 while its reward rose from −0.4 to 6): the reward model never saw such responses.
 # cost_transform sigmoid: the constrained episode cost is σ(c), the CM-V's P(unsafe) (see
 # saferlhf.lagrange.transform_cost and the budget below).
 IMAGE_DEMO_RL = dict(temperature=1.0, max_new_tokens=24, kl_coeff=0.05, actor_lr=3e-4, critic_lr=5e-4,
-                     ppo_epochs=1, clip_score=10.0, cost_transform="sigmoid")
+                     ppo_epochs=1, clip_score=10.0, truncation_penalty=-2.0, cost_transform="sigmoid")
 # A PID multiplier in P(unsafe) units (errors J_C − d of ±0.1): λ₀ = 5 starts inside the range
 # where refusing harmful images and answering benign ones is what the combined advantage
 # prefers (λ ≈ 2.5–30 with the demo's CM-V; below ~3 the actor answers everything).
@@ -217,7 +231,8 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
         generate_image_world(world_dir, seed=cfg.seed, noise=cfg.noise, n_sft=sizes.n_sft,
                              n_pairs_train=sizes.n_pairs_train, n_pairs_eval=sizes.n_pairs_eval,
                              n_prompts_train=sizes.n_prompts_train, n_eval_benign=sizes.n_eval_benign,
-                             n_eval_harmful=sizes.n_eval_harmful, objects=objects, render=IMAGE_DEMO_RENDER)
+                             n_eval_harmful=sizes.n_eval_harmful, objects=objects, render=IMAGE_DEMO_RENDER,
+                             pair_mix=IMAGE_DEMO_PAIR_MIX)
     with timer("caption_pretraining"):
         init, pre, sft = out / "vlm_init", out / "vlm_pretrained", out / "sft"
         model, processor = tiny_vlm(style, load_tokenizer(world_dir / "tokenizer"), seed=cfg.seed,
@@ -299,18 +314,26 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
         "budget_calibration": calibration,
         "rl_settings": {**IMAGE_DEMO_RL, "iterations": iterations,
                         "rollout_batch_size": sizes.rollout_batch_size, "lagrange": IMAGE_DEMO_LAGRANGE},
-        "world": {"objects": objects, "render": IMAGE_DEMO_RENDER, "sizes": asdict(sizes)},
+        "world": {"objects": objects, "render": IMAGE_DEMO_RENDER, "pair_mix": IMAGE_DEMO_PAIR_MIX,
+                  "sizes": asdict(sizes)},
         "vlm": dict(IMAGE_DEMO_VLM, style=style, frozen_after_pretraining=FROZEN_AFTER_PRETRAINING),
         "timings_s": timer.seconds,
     }
-    report["cost_model_auroc_gain_over_text_only"] = (
-        None if report["cost_model"]["auroc"] is None or report["cost_model_text_only"]["auroc"] is None
-        else round(report["cost_model"]["auroc"] - report["cost_model_text_only"]["auroc"], 4))
+    for suffix, key in (("", "auroc"), ("_oracle", "oracle_auroc")):
+        a, b = report["cost_model"].get(key), report["cost_model_text_only"].get(key)
+        report[f"cost_model_auroc_gain_over_text_only{suffix}"] = None if a is None or b is None else round(a - b, 4)
     write_report(report, histories, out)
     _append_image_section(report, out / "report.md")
     report["timings_s"]["total"] = round(time.perf_counter() - timer.started, 2)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _gain_check(report: dict[str, Any], suffix: str, what: str) -> str:
+    gain = report.get(f"cost_model_auroc_gain_over_text_only{suffix}")
+    holds = "–" if gain is None else ("yes" if gain >= 0.2 else "no")
+    shown = "–" if gain is None else f"{gain:.3f}"
+    return f"| CM-V's AUROC ({what}) exceeds the text-only CM's by ≥ 0.2 | {holds} | gain {shown} |"
 
 
 def _append_image_section(report: dict[str, Any], path: Path) -> None:
@@ -326,7 +349,12 @@ def _append_image_section(report: dict[str, Any], path: Path) -> None:
               f"{fmt(cm.get('auroc'))} | {fmt(cm.get('oracle_auroc'))} |"),
              (f"| text only (never sees it) | {fmt(txt.get('accuracy'))} | {fmt(txt.get('sign_accuracy'))} | "
               f"{fmt(txt.get('auroc'))} | {fmt(txt.get('oracle_auroc'))} |"), "",
-             f"AUROC gain from the image: {fmt(report.get('cost_model_auroc_gain_over_text_only'))}.", "",
+             (f"AUROC gain from the image: {fmt(report.get('cost_model_auroc_gain_over_text_only'))} against the "
+              f"(noisy) labels, {fmt(report.get('cost_model_auroc_gain_over_text_only_oracle'))} against the oracle. "
+              "Flipped labels pull every AUROC against the labels toward 0.5, the gain with them "
+              "(docs/multimodal.md §6)."), "",
+             "| claim | holds | numbers |", "|---|---|---|",
+             _gain_check(report, "", "labels"), _gain_check(report, "_oracle", "oracle"), "",
              "## The constraint", "",
              (f"PPO-Lag constrains E[σ(c)], the CM-V's expected probability that a response is unsafe "
               f"(`cost_transform: {report['cost_transform']}`), to d = {report['budget']:.4f}; the `model_cost` "

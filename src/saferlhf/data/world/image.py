@@ -667,11 +667,16 @@ def generate_image_world(
     image_size: int = 64,
     render: dict[str, Any] | None = None,
     mix: dict[str, dict[str, float]] | None = None,
+    pair_mix: dict[str, dict[str, float]] | None = None,
     spec: dict[str, Any] | None = None,
     write_tokenizer: bool = True,
 ) -> dict[str, Any]:
     """Generate an image world into ``out_dir`` and return its ``world.json`` content (without
-    the rule table and the image index). Deterministic in (seed, noise, sizes, objects, mix, spec)."""
+    the rule table and the image index). Deterministic in (seed, noise, sizes, objects, mix, pair_mix, spec).
+
+    ``mix``: response types of the demonstrations (SFT) and, unless ``pair_mix`` is given, of
+    the preference pairs; ``pair_mix`` (stored as ``text_spec.pair_response_mix``) draws the
+    pairs' responses from another mix, e.g. fewer refusals, whose safety the text alone tells."""
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
     t0 = time.perf_counter()
@@ -682,6 +687,9 @@ def generate_image_world(
     world = ImageWorld(spec)
     mix = mix or spec["text_spec"]["response_mix"]
     spec["text_spec"]["response_mix"] = mix
+    if pair_mix is not None:
+        spec["text_spec"]["pair_response_mix"] = pair_mix
+    pair_mix = spec["text_spec"].get("pair_response_mix", mix)
     sizes = {"n_sft": n_sft, "n_pairs_train": n_pairs_train, "n_pairs_eval": n_pairs_eval,
              "n_prompts_train": n_prompts_train, "n_eval_benign": n_eval_benign, "n_eval_harmful": n_eval_harmful,
              "harmful_fraction": harmful_fraction, "dual_use_fraction": dual_use_fraction}
@@ -700,8 +708,10 @@ def generate_image_world(
         raise ValueError("n_prompts_train must be >= 1 (SFT data and pairs are drawn from the training prompts)")
     world.images = index
     sft = _sft(stream("sft"), world, train_prompts, n_sft, mix)
-    pairs_train = _pairs(stream("pairs-train"), stream("noise-train"), world, train_prompts, n_pairs_train, noise, mix)
-    pairs_eval = (_pairs(stream("pairs-eval"), stream("noise-eval"), world, eval_prompts, n_pairs_eval, noise, mix)
+    pairs_train = _pairs(stream("pairs-train"), stream("noise-train"), world, train_prompts, n_pairs_train, noise,
+                         pair_mix)
+    pairs_eval = (_pairs(stream("pairs-eval"), stream("noise-eval"), world, eval_prompts, n_pairs_eval, noise,
+                         pair_mix)
                   if eval_prompts else [])
 
     _write_jsonl(out / "prompts_eval.jsonl", eval_prompts)
