@@ -22,7 +22,7 @@ import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,10 @@ import numpy as np
 import torch
 
 from saferlhf.data.collate import pad_sequences
-from saferlhf.data.templates import Template
+from saferlhf.data.templates import (
+    Template,
+    encode_prompt_responses,
+)
 from saferlhf.losses import auroc
 
 # Models below this many parameters run a step faster on one intra-op thread: their matrices
@@ -73,49 +76,6 @@ def cpu_threads(model: torch.nn.Module | None, device: torch.device | str | None
     finally:
         if torch.get_num_threads() != old:
             torch.set_num_threads(old)
-
-
-def encode_prompt_responses(tokenizer, template, prompts: Sequence, responses: Sequence[str], *,
-                            max_length: int | None = None) -> list[tuple[list[int], int]]:
-    """Batched :func:`saferlhf.data.templates.encode_prompt_response`: the same ids, faster.
-
-    Each distinct prompt is rendered and tokenised once, and the texts go to the tokenizer in
-    one call (the fast tokenizers encode a list in Rust), so thousands of pairs encode in a
-    fraction of a second. The result equals ``[encode_prompt_response(...) for ...]``: the prompt
-    and ``template.response_prefix + response`` are tokenised separately (no special tokens),
-    EOS is appended and a too-long sequence loses the end of its response.
-    """
-    from saferlhf.data.templates import encode_prompt, encode_response
-
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
-    unique: dict[str, int] = {}
-    first: list = []
-    for k, p in zip(keys, prompts):
-        if k not in unique:
-            unique[k] = len(first)
-            first.append(p)
-    try:
-        texts = [template.render(tokenizer, p) for p in first]
-        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        resp_ids = tokenizer([template.response_prefix + r for r in responses],
-                             add_special_tokens=False)["input_ids"] if responses else []
-    except (TypeError, ValueError):  # a tokenizer without batch encoding: one at a time
-        prompt_ids = [encode_prompt(tokenizer, template, p) for p in first]
-        resp_ids = [encode_response(tokenizer, template, r, add_eos=False) for r in responses]
-    eos = tokenizer.eos_token_id
-    out = []
-    for k, r in zip(keys, resp_ids):
-        p = prompt_ids[unique[k]]
-        ids = list(p) + list(r) + ([eos] if eos is not None else [])
-        if max_length is not None and len(ids) > max_length:
-            if len(p) >= max_length:
-                raise ValueError(f"prompt is {len(p)} tokens, longer than max_length={max_length}; "
-                                 "raise max_length or shorten the prompt")
-            ids = ids[:max_length]
-        out.append((ids, len(p)))
-    return out
 
 
 @torch.inference_mode()

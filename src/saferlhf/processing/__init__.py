@@ -108,6 +108,12 @@ class Processor(Protocol):
         holding ``image_inputs`` (kept as :class:`ImageInputs`, so micro-batches get their own
         rows' images); empty for text."""
 
+    def sft_examples(self, records: Sequence[Any], max_length: int, *, stage: str | None = None,
+                     model: str = "the model") -> tuple[list, Any]:
+        """``(examples, to_batch)`` for SFT: encoded (or, with images, collated lazily) examples
+        and the function that batches a list of them (``input_ids``, ``attention_mask``,
+        ``labels`` and the model's other inputs)."""
+
     def same_encoding(self, other: Any) -> bool:
         """True when ``other`` encodes every input to the same ids (a scorer may then read the
         policy's token ids as they are)."""
@@ -158,6 +164,17 @@ class TextProcessor:
             ids.append(full if eos else full[:-1])
         seq, mask = pad_sequences(ids, self.tokenizer.pad_token_id, side="right")
         return seq, mask, {}
+
+    def sft_examples(self, records, max_length: int, *, stage: str | None = None, model: str = "the model"):
+        """``(examples, to_batch)``: the records encoded for SFT (loss on the assistant turns) and
+        the function that right-pads a list of them into ``input_ids``/``attention_mask``/``labels``.
+        ``stage``: warn (naming it) when records carry images this text model cannot read."""
+        from saferlhf.processing.sft import collate_sft, encode_sft_examples, warn_images_ignored
+
+        if stage is not None:
+            warn_images_ignored(records, model, stage)
+        examples = encode_sft_examples(records, self.tokenizer, self.template, max_length)
+        return examples, lambda items: collate_sft(items, self.pad_token_id)
 
     def model_kwargs(self, input_ids, image_inputs=None) -> dict[str, Any]:
         return {}

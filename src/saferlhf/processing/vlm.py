@@ -542,6 +542,14 @@ class VLMProcessor:
         kwargs = {k: v for k, v in vb.items() if k not in ("input_ids", "attention_mask")}
         return vb["input_ids"], vb["attention_mask"], kwargs
 
+    def sft_examples(self, records, max_length: int, *, stage: str | None = None, model: str = "the model"):
+        """The records themselves, collated with their images at batch time
+        (:func:`saferlhf.data.multimodal.collate_vlm_sft`; each image file decoded once)."""
+        from saferlhf.data.multimodal import collate_vlm_sft
+
+        cache: dict = {}
+        return list(records), lambda items: collate_vlm_sft(items, self, max_length=max_length, image_cache=cache)
+
     def same_encoding(self, other: Any) -> bool:
         return (isinstance(other, VLMProcessor) and other.to_dict() == self.to_dict()
                 and other.tokenizer.get_vocab() == self.tokenizer.get_vocab()
