@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -29,13 +30,58 @@ class ConfigError(ValueError):
     """A configuration key is unknown, missing, or has a value of the wrong type."""
 
 
-def option(default: Any = MISSING, help: str = "", **kwargs) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a help string (shown by ``saferlhf <stage> --help``)."""
+_BOUNDS = ("ge", "gt", "le", "lt")
+
+
+def option(default: Any = MISSING, help: str = "", *, ge: float | None = None, gt: float | None = None,  # noqa: A002
+           le: float | None = None, lt: float | None = None, **kwargs) -> Any:
+    """A dataclass field with a help string (shown by ``saferlhf <stage> --help``).
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (inclusive / exclusive); ``from_dict`` enforces
+    them and names the key. Floats are never NaN or infinite (null stands for "unbounded").
+    """
+    meta: dict[str, Any] = {"help": help}
+    meta.update({k: v for k, v in zip(_BOUNDS, (ge, gt, le, lt)) if v is not None})
     if isinstance(default, (list, dict, set)):
         value = default
         kwargs["default_factory"] = lambda: type(value)(value)
-        return dataclasses.field(metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(metadata=meta, **kwargs)
+    return dataclasses.field(default=default, metadata=meta, **kwargs)
+
+
+def describe_range(metadata: Any) -> str:
+    """The valid range of a field in words (``">= 0"``, ``"in (0, 1]"``), or ``""``."""
+    lo = ("[", metadata["ge"]) if "ge" in metadata else ("(", metadata["gt"]) if "gt" in metadata else None
+    hi = ("]", metadata["le"]) if "le" in metadata else (")", metadata["lt"]) if "lt" in metadata else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Every numeric field of ``cfg`` finite and inside its ``option`` bounds, else ConfigError."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            continue  # nested configs are checked when they are built
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            key = prefix + f.name
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key '{key}' is {v}; give a finite number"
+                                  + (f" {describe_range(f.metadata)}" if describe_range(f.metadata) else ""))
+            m = f.metadata
+            bad = (("ge" in m and v < m["ge"]) or ("gt" in m and v <= m["gt"])
+                   or ("le" in m and v > m["le"]) or ("lt" in m and v >= m["lt"]))
+            if bad:
+                raise ConfigError(f"config key '{key}' got {v}; it must be {describe_range(m)} "
+                                  f"(--{key.replace('_', '-')} VALUE)")
 
 
 def _norm(key: str) -> str:
@@ -143,8 +189,13 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
     hints = _type_hints(cls)
     by_name = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
+    # Old names of renamed keys, still read from YAML (a class sets ``config_aliases``).
+    aliases: dict[str, str] = getattr(cls, "config_aliases", {})
     for raw_key, value in data.items():
         key = _norm(str(raw_key))
+        key = aliases.get(key, key) if key not in by_name else key
+        if key in kwargs:
+            raise ConfigError(f"config key '{prefix}{key}' is given twice (once as '{raw_key}')")
         if key not in by_name:
             raise _unknown_key_error(str(raw_key), cls, prefix)
         tp = hints[key]
@@ -168,6 +219,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
             f"(give them as --{missing[0].replace('_', '-')} VALUE or in the YAML file)"
         )
     cfg = cls(**kwargs)
+    check_ranges(cfg, prefix)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         validate()
@@ -286,5 +338,8 @@ def help_text(cls, prefix: str = "") -> list[tuple[str, str, str]]:
         else:
             default = "(required)"
         flag = "--" + (prefix + f.name).replace("_", "-")
-        rows.append((flag, describe_type(tp), f"default {default}. {f.metadata.get('help', '')}".strip()))
+        kind = describe_type(tp)
+        if describe_range(f.metadata):
+            kind += f", {describe_range(f.metadata)}"
+        rows.append((flag, kind, f"default {default}. {f.metadata.get('help', '')}".strip()))
     return rows
