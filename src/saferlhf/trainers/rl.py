@@ -849,6 +849,9 @@ class SafeRLTrainer:
 
 
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
+    from saferlhf.preflight import check_stage
+
+    check_stage(cfg, "rl")  # models, --out: before any work (saferlhf.preflight)
     return SafeRLTrainer(cfg).train()
 
 

@@ -261,8 +261,14 @@ def train_score_model(cfg: ScoreModelConfig, kind: str) -> dict:
 
 
 def run_reward_model(cfg: RewardModelConfig) -> dict:
+    from saferlhf.preflight import check_stage
+
+    check_stage(cfg, "reward-model")  # models, tokenizer, --out: before any work (saferlhf.preflight)
     return train_score_model(cfg, "reward")
 
 
 def run_cost_model(cfg: CostModelConfig) -> dict:
+    from saferlhf.preflight import check_stage
+
+    check_stage(cfg, "cost-model")  # models, tokenizer, --out: before any work (saferlhf.preflight)
     return train_score_model(cfg, "cost")

@@ -246,7 +246,9 @@ def _load_model_and_tokenizer(cfg: SFTConfig):
 def run_sft(cfg: SFTConfig) -> Path:
     """Train and save the SFT policy in ``cfg.out``; returns the folder."""
     from saferlhf.data import load_sft
+    from saferlhf.preflight import check_stage
 
+    check_stage(cfg, "sft")  # models, tokenizer, --out: before any work (saferlhf.preflight)
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
     model, tokenizer, template = _load_model_and_tokenizer(cfg)
