@@ -99,7 +99,10 @@ def check_weights(folder: str | os.PathLike, key: str) -> int:
     numel = 0
     for p in files:
         if p.suffix == ".safetensors":
-            numel += safetensors_numel(p)
+            try:
+                numel += safetensors_numel(p)
+            except PreflightError as e:
+                raise PreflightError(f"{_flag(key)} {folder}: {e}") from None
         elif p.stat().st_size == 0:
             raise PreflightError(f"{_flag(key)}: {p} is empty; copy the model again")
         else:
