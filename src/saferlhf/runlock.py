@@ -157,12 +157,21 @@ def claim_output(stage: str, cfg: Any) -> Iterator[None]:
     from saferlhf.preflight import check_output_dir
 
     path = Path(out)
+    created = not path.exists()
     check_output_dir(path)
     lock = RunLock(path, stage)
-    lock.acquire()
     try:
+        lock.acquire()
         if hasattr(cfg, "resume"):
             prepare_training_output(path, cfg, stage)
         yield
-    finally:
+    except BaseException:
+        lock.release()
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        raise
+    else:
         lock.release()
