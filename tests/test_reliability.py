@@ -284,7 +284,7 @@ def _raising_runner(exc):
     (OSError("m does not appear to have a file named config.json"), "config.json"),
 ])
 def test_user_errors_exit_2_without_traceback(world, tmp_path, capsys, monkeypatch, exc, words):
-    import saferlhf.trainers.sft as sft
+    from saferlhf.trainers import sft
 
     monkeypatch.setattr(sft, "run_sft", _raising_runner(exc))
     _fails(capsys, _sft(world, tmp_path / "o", "--max-steps", "1"), words)
@@ -294,7 +294,7 @@ def test_user_errors_exit_2_without_traceback(world, tmp_path, capsys, monkeypat
 
 
 def test_internal_bug_exits_1_with_traceback(world, tmp_path, capsys, monkeypatch):
-    import saferlhf.trainers.sft as sft
+    from saferlhf.trainers import sft
 
     monkeypatch.setattr(sft, "run_sft", _raising_runner(KeyError("oops")))
     assert main(_sft(world, tmp_path / "o", "--max-steps", "1")) == 1

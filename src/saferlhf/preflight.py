@@ -151,7 +151,7 @@ def resolve_model(value: str, key: str) -> Path:
             from huggingface_hub import snapshot_download
 
             return Path(snapshot_download(value, local_files_only=True))
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the hub client raises: not available here
             raise PreflightError(
                 f"{_flag(key)} {value}: not a local folder, and no hub model of that id is in the local "
                 "Hugging Face cache (this machine runs offline). Download it first (huggingface-cli download "

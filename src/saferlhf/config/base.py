@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 _BOUNDS = ("ge", "gt", "le", "lt")
 
 
-def option(default: Any = MISSING, help: str = "", *, ge: float | None = None, gt: float | None = None,  # noqa: A002
+def option(default: Any = MISSING, help: str = "", *, ge: float | None = None, gt: float | None = None,
            le: float | None = None, lt: float | None = None, **kwargs) -> Any:
     """A dataclass field with a help string (shown by ``saferlhf <stage> --help``).
 
