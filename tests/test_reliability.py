@@ -110,6 +110,9 @@ def _broken_model(policy: Path, tmp: Path, kind: str) -> Path:
         (d / "config.json").unlink()
     elif kind == "bad_config":
         (d / "config.json").write_text("{not json")
+    elif kind == "unknown_type":
+        (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                   "model_type": "no_such_arch"}))
     elif kind == "no_weights":
         w.unlink()
     elif kind == "not_a_model":
@@ -121,7 +124,7 @@ def _broken_model(policy: Path, tmp: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind,words", [
     ("truncated", "truncated"), ("garbage", "not a safetensors file"), ("no_config", "no config.json"),
-    ("bad_config", "not valid JSON"), ("no_weights", "no weights"), ("not_a_model", "not a model folder"),
+    ("bad_config", "not valid JSON"), ("unknown_type", "no_such_arch"), ("no_weights", "no weights"), ("not_a_model", "not a model folder"),
 ])
 def test_broken_model_folder(world, policy, tmp_path, capsys, kind, words):
     model = _broken_model(policy, tmp_path, kind)

@@ -135,6 +135,16 @@ def read_model_config(folder: str | os.PathLike, key: str) -> dict[str, Any]:
         raise PreflightError(f"{_flag(key)}: {cfg_path} is not valid JSON ({e}); restore the file") from None
     if not isinstance(data, dict):
         raise PreflightError(f"{_flag(key)}: {cfg_path} does not hold a JSON object")
+    model_type = data.get("model_type")
+    if not model_type:
+        raise PreflightError(f"{_flag(key)}: {cfg_path} has no 'model_type', so transformers cannot tell which "
+                             "model it describes; restore the model's own config.json")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES and "auto_map" not in data:
+        raise PreflightError(
+            f"{_flag(key)}: {cfg_path} names model_type {model_type!r}, which this transformers version does not "
+            "know; upgrade transformers or give another model")
     return data
 
 
