@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -102,7 +103,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(world, tmp_path, capsys):
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "stage": "sft"}))
+    (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "stage": "sft"}))
     assert main(_sft(world, out, "--max-steps", "1")) == 0
     assert "stale lock" in capsys.readouterr().err
     assert not (out / LOCK_FILE).exists()
