@@ -79,6 +79,7 @@ def _print_main_help() -> None:
     for s in STAGES:
         print(f"  {s.name:<{width}}  {s.summary}")
     print("\n`saferlhf <stage> --help` lists every option of a stage with its default.")
+    print("--debug (any stage): show the traceback of an error as well as its message.")
 
 
 def _print_stage_help(stage: Stage, cfg_cls) -> None:
@@ -100,8 +101,30 @@ def _quiet_hf_progress() -> None:
         pass
 
 
+def _groups() -> dict[str, list[Stage]]:
+    """Stages by their first word, for the multi-word ones (``guard``, ``eval``, ...)."""
+    out: dict[str, list[Stage]] = {}
+    for s in STAGES:
+        words = s.name.split()
+        if len(words) > 1:
+            out.setdefault(words[0], []).append(s)
+    return out
+
+
+def _print_group_help(group: str, stages: list[Stage], file=None) -> None:
+    print(f"usage: saferlhf {group} <{'|'.join(s.name.split(' ', 1)[1] for s in stages)}> "
+          "[--config FILE.yaml] [--key value ...]\n\nsubcommands:", file=file)
+    width = max(len(s.name) for s in stages)
+    for s in stages:
+        print(f"  {s.name:<{width}}  {s.summary}", file=file)
+    print(f"\n`saferlhf {group} <subcommand> --help` lists its options.", file=file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from saferlhf.faults import EXIT_USER, debug_enabled, report
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = debug_enabled(argv)
     # No hub access at run time: everything is local (see ENVIRONMENT.md).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -111,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stage, rest = _find_stage(argv)
     if stage is None:
+        group = _groups().get(argv[0])
+        if group is not None and (len(argv) == 1 or argv[1] in {"-h", "--help"}):
+            asked = len(argv) > 1
+            _print_group_help(argv[0], group, file=None if asked else sys.stderr)
+            return 0 if asked else EXIT_USER
         prefix = [s.name for s in STAGES if s.name.split()[0] == argv[0]]
         hint = f" Did you mean: {', '.join(prefix)}?" if prefix else ""
         print(f"saferlhf: unknown stage {' '.join(argv[:2])!r}.{hint} "
@@ -123,25 +151,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(cfg_cls, rest)
     except ConfigError as e:
-        print(f"saferlhf {stage.name}: {e}", file=sys.stderr)
-        return 2
+        return report(stage.name, e, debug=debug)
     _quiet_hf_progress()
-    runner: Callable = stage.load(stage.runner)
-    from saferlhf.data.multimodal import ImageLoadError
-    from saferlhf.data.validation import DataError
     from saferlhf.errors import NonFiniteLossError
 
     try:
-        result = runner(cfg)
-    except (ConfigError, DataError, FileNotFoundError, ImageLoadError) as e:
-        print(f"saferlhf {stage.name}: {e}", file=sys.stderr)
-        return 2
+        from saferlhf.data.validation import bad_record_limit
+        from saferlhf.preflight import check_stage
+        from saferlhf.runlock import claim_output
+
+        runner: Callable = stage.load(stage.runner)
+        with claim_output(stage.name, cfg), bad_record_limit(getattr(cfg, "max_bad_fraction", None)):
+            check_stage(cfg, stage.name)
+            result = runner(cfg)
     except NonFiniteLossError as e:
         print(f"saferlhf {stage.name}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"saferlhf {stage.name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the error boundary: user errors exit 2, bugs exit 1
+        return report(stage.name, e, debug=debug)
     return int(result) if isinstance(result, int) else 0
 
 

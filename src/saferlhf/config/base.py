@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -29,18 +30,26 @@ class ConfigError(ValueError):
     """A configuration key is unknown, missing, or has a value of the wrong type."""
 
 
+_BOUNDS = ("ge", "gt", "le", "lt")
+
+
 def option(default: Any = MISSING, help: str = "", *, aliases: tuple[str, ...] = (),  # noqa: A002
+           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
            **kwargs) -> Any:
     """A dataclass field with a help string (shown by ``saferlhf <stage> --help``).
 
     ``aliases``: other names of the key, accepted in YAML and on the command line (e.g. the
-    TRL / transformers name ``learning_rate`` for ``lr``)."""
-    metadata = {"help": help, "aliases": tuple(aliases)}
+    TRL / transformers name ``learning_rate`` for ``lr``). ``ge``/``gt``/``le``/``lt`` bound a
+    number (inclusive / exclusive); ``from_dict`` enforces them and names the key. Floats are
+    never NaN or infinite (null stands for "unbounded").
+    """
+    meta: dict[str, Any] = {"help": help, "aliases": tuple(aliases)}
+    meta.update({k: v for k, v in zip(_BOUNDS, (ge, gt, le, lt)) if v is not None})
     if isinstance(default, (list, dict, set)):
         value = default
         kwargs["default_factory"] = lambda: type(value)(value)
-        return dataclasses.field(metadata=metadata, **kwargs)
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+        return dataclasses.field(metadata=meta, **kwargs)
+    return dataclasses.field(default=default, metadata=meta, **kwargs)
 
 
 def aliases_of(cls) -> dict[str, str]:
@@ -80,6 +89,41 @@ def _resolve_aliases(cls, data: dict[str, Any], prefix: str) -> dict[str, Any]:
         out = {k: v for k, v in out.items() if _norm(str(k)) != head}
         out[head] = section
     return out
+
+
+def describe_range(metadata: Any) -> str:
+    """The valid range of a field in words (``">= 0"``, ``"in (0, 1]"``), or ``""``."""
+    lo = ("[", metadata["ge"]) if "ge" in metadata else ("(", metadata["gt"]) if "gt" in metadata else None
+    hi = ("]", metadata["le"]) if "le" in metadata else (")", metadata["lt"]) if "lt" in metadata else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Every numeric field of ``cfg`` finite and inside its ``option`` bounds, else ConfigError."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            continue  # nested configs are checked when they are built
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            key = prefix + f.name
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key '{key}' is {v}; give a finite number"
+                                  + (f" {describe_range(f.metadata)}" if describe_range(f.metadata) else ""))
+            m = f.metadata
+            bad = (("ge" in m and v < m["ge"]) or ("gt" in m and v <= m["gt"])
+                   or ("le" in m and v > m["le"]) or ("lt" in m and v >= m["lt"]))
+            if bad:
+                raise ConfigError(f"config key '{key}' got {v}; it must be {describe_range(m)} "
+                                  f"(--{key.replace('_', '-')} VALUE)")
 
 
 def _norm(key: str) -> str:
@@ -189,6 +233,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
     kwargs: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = _norm(str(raw_key))
+        if key in kwargs:
+            raise ConfigError(f"config key '{prefix}{key}' is given twice (once as '{raw_key}')")
         if key not in by_name:
             raise _unknown_key_error(str(raw_key), cls, prefix)
         tp = hints[key]
@@ -212,6 +258,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
             f"(give them as --{missing[0].replace('_', '-')} VALUE or in the YAML file)"
         )
     cfg = cls(**kwargs)
+    check_ranges(cfg, prefix)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         validate()
@@ -341,5 +388,8 @@ def help_text(cls, prefix: str = "", top=None) -> list[tuple[str, str, str]]:
             names += [prefix + a for a, c in aliases_of(cls).items() if c == f.name]
         if names:
             flag += " (alias " + ", ".join("--" + a.replace("_", "-") for a in names) + ")"
-        rows.append((flag, describe_type(tp), f"default {default}. {f.metadata.get('help', '')}".strip()))
+        kind = describe_type(tp)
+        if describe_range(f.metadata):
+            kind += f", {describe_range(f.metadata)}"
+        rows.append((flag, kind, f"default {default}. {f.metadata.get('help', '')}".strip()))
     return rows

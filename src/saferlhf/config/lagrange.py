@@ -26,19 +26,19 @@ class LagrangeConfig:
 
     rule: Literal["log_sgd", "projected", "pid", "fixed"] = option(
         "projected", help="update rule (log_sgd: Safe RLHF's; projected/pid react faster near λ = 0)")
-    init: float = option(1.0, help="initial multiplier λ₀ (the fixed λ of reward_shaping)")
-    lr: float = option(0.5, help="multiplier learning rate η (per unit of J_C − d per rollout batch)")
+    init: float = option(1.0, ge=0, help="initial multiplier λ₀ (the fixed λ of reward_shaping)")
+    lr: float = option(0.5, ge=0, help="multiplier learning rate η (per unit of J_C − d per rollout batch)")
     budget: float = option(0.0, help="cost budget d: the constraint is J_C = E[C] <= d")
-    max_lambda: float | None = option(5.0, help="cap λ_max (null: unbounded)")
-    delay_steps: int = option(0, help="rollout batches before the first update")
-    window: int = option(128, help="episodes in the moving window that estimates J_C")
+    max_lambda: float | None = option(5.0, gt=0, help="cap λ_max (null: unbounded)")
+    delay_steps: int = option(0, ge=0, help="rollout batches before the first update")
+    window: int = option(128, ge=1, help="episodes in the moving window that estimates J_C")
     parametrisation: Literal["log", "direct"] | None = option(
         None, help="how λ is stored (null: log for log_sgd, direct for the others: projected and pid "
                    "reach λ = 0 exactly, which log λ cannot represent)")
-    kp: float = option(1.0, help="pid: proportional gain")
-    ki: float = option(0.2, help="pid: integral gain")
-    kd: float = option(0.0, help="pid: derivative gain")
-    cap_warning_steps: int = option(20, help="warn when λ has sat at λ_max for this many consecutive updates")
+    kp: float = option(1.0, ge=0, help="pid: proportional gain")
+    ki: float = option(0.2, ge=0, help="pid: integral gain")
+    kd: float = option(0.0, ge=0, help="pid: derivative gain")
+    cap_warning_steps: int = option(20, ge=0, help="warn when λ has sat at λ_max for this many consecutive updates")
 
     def resolved_parametrisation(self) -> str:
         if self.parametrisation is not None:

@@ -22,12 +22,14 @@ Precision = Literal["auto", "fp32", "bf16"]
 class DataSummaryConfig:
     data: str = option(help="dataset: a local .jsonl/.json/.parquet file or an HF hub id")
     format: DataFormat = option("auto", help="adapter to read it with (auto-detected from the fields)")
-    config: str | None = option(None, help="hub dataset config name (e.g. alpaca-7b)")
+    data_config: str | None = option(None, help="hub dataset config name (e.g. alpaca-7b); "
+                                                "--config is the YAML file of options")
+    ALIASES: ClassVar[dict[str, str]] = {"config": "data_config"}  # the YAML key's old name
     split: str = option("train", help="hub dataset split")
     revision: str | None = option(None, help="hub dataset revision (pin it in recipes)")
     image_root: str | None = option(None, help="folder that relative image paths are resolved against")
     on_bad_record: BadRecordPolicy = option("skip", help="skip bad records with a report, or stop at the first")
-    limit: int | None = option(None, help="read at most this many records")
+    limit: int | None = option(None, ge=0, help="read at most this many records")
 
 
 VLM_PARTS = ("vision_tower", "projector", "language_model")
@@ -59,32 +61,38 @@ class TrainConfig:
     eval_data: str | None = option(None, help="held-out data evaluated every eval_every steps and at the end")
     data_format: DataFormat = option("auto", help="adapter used to read --data")
     on_bad_record: BadRecordPolicy = option("skip", help="bad records: skip with a report, or error")
-    max_length: int = option(128, help="maximum tokens of prompt + response")
-    epochs: float = option(1.0, help="passes over the data (fractional allowed); max_steps wins when set")
-    max_steps: int | None = option(None, help="stop after this many optimiser steps")
-    batch_size: int = option(16, help="sequences (or pairs) per micro-batch")
-    grad_accum: int = option(1, help="micro-batches per optimiser step")
-    lr: float = option(1e-3, help="peak learning rate")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
+    max_length: int = option(128, ge=4, help="maximum tokens of prompt + response")
+    epochs: float = option(1.0, gt=0, help="passes over the data (fractional allowed); max_steps wins when set")
+    max_steps: int | None = option(None, ge=1, help="stop after this many optimiser steps")
+    batch_size: int = option(16, ge=1, help="sequences (or pairs) per micro-batch")
+    grad_accum: int = option(1, ge=1, help="micro-batches per optimiser step")
+    lr: float = option(1e-3, gt=0, help="peak learning rate")
+    weight_decay: float = option(0.0, ge=0, help="AdamW weight decay")
     lr_scheduler: Literal["constant", "cosine", "linear"] = option("cosine", help="schedule after warm-up")
-    warmup_ratio: float = option(0.03, help="fraction of steps spent warming up linearly")
-    max_grad_norm: float = option(1.0, help="gradient clipping (0 disables)")
+    warmup_ratio: float = option(0.03, ge=0, lt=1, help="fraction of steps spent warming up linearly")
+    max_grad_norm: float = option(1.0, ge=0, help="gradient clipping (0 disables)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory")
     precision: Precision = option("auto", help="auto = bf16 where the hardware supports it on GPU, else fp32")
-    seed: int = option(0, help="seed of data order, init and sampling")
-    eval_every: int = option(0, help="evaluate every N optimiser steps (0: only at the end)")
-    save_every: int = option(0, help="checkpoint every N optimiser steps for --resume (0: only at the end)")
+    seed: int = option(0, ge=0, help="seed of data order, init and sampling")
+    eval_every: int = option(0, ge=0, help="evaluate every N optimiser steps (0: only at the end)")
+    save_every: int = option(0, ge=0, help="checkpoint every N optimiser steps for --resume (0: only at the end)")
     resume: bool = option(False, help="continue from the last complete checkpoint in --out")
-    log_every: int = option(10, help="log metrics every N optimiser steps")
+    overwrite: bool = option(False, help="replace a finished or partial run in --out (its checkpoints are removed)")
+    max_bad_fraction: float = option(
+        0.1, ge=0, le=1, help="stop before training when more than this fraction of the records of a data "
+                              "file is bad (counts and the first reasons are shown)")
+    log_every: int = option(10, ge=1, help="log metrics every N optimiser steps")
     report_to: Literal["none", "tensorboard", "wandb"] = option("none", help="extra metrics sink")
-    lora_r: int = option(0, help="LoRA rank (0: full fine-tuning)")
-    lora_alpha: int = option(16, help="LoRA alpha")
-    lora_dropout: float = option(0.0, help="LoRA dropout")
+    lora_r: int = option(0, ge=0, help="LoRA rank (0: full fine-tuning)")
+    lora_alpha: int = option(16, ge=1, help="LoRA alpha")
+    lora_dropout: float = option(0.0, ge=0, lt=1, help="LoRA dropout")
     lora_targets: list[str] = option([], help="LoRA target modules (empty: all linear layers)")
     freeze: list[str] = option([], help="VLM parts kept frozen: any of vision_tower, projector, language_model")
     progress: bool = option(True, help="show a progress bar")
 
     def validate(self) -> None:
+        if self.resume and self.overwrite:
+            raise ConfigError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
         _check_vlm_parts("freeze", self.freeze)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum must be >= 1")
@@ -98,11 +106,11 @@ class TrainConfig:
 class SFTConfig(TrainConfig):
     model: str = option("tiny", help="'tiny' (a tiny Llama-style LM sized to the tokenizer) or a model dir")
     tokenizer: str | None = option(None, help="tokenizer dir (default: the model's; required for 'tiny')")
-    tiny_layers: int = option(2, help="layers of the tiny model")
-    tiny_hidden: int = option(128, help="hidden size of the tiny model")
-    epochs: float = option(3.0, help="passes over the data")
-    batch_size: int = option(32, help="sequences per micro-batch")
-    lr: float = option(2e-3, help="peak learning rate (suits the tiny model from scratch; ~1e-5..1e-4 "
+    tiny_layers: int = option(2, ge=1, help="layers of the tiny model")
+    tiny_hidden: int = option(128, ge=8, help="hidden size of the tiny model")
+    epochs: float = option(3.0, gt=0, help="passes over the data")
+    batch_size: int = option(32, ge=1, help="sequences per micro-batch")
+    lr: float = option(2e-3, gt=0, help="peak learning rate (suits the tiny model from scratch; ~1e-5..1e-4 "
                                   "to fine-tune a pretrained model in full, ~1e-4..1e-3 with LoRA)")
 
 
@@ -112,12 +120,12 @@ class ScoreModelConfig(TrainConfig):
                                           "dir; required unless the trainer is given a model object")
     tokenizer: str | None = option(None, help="tokenizer dir (default: the model's)")
     loss_type: Literal["sequence", "token"] = option("sequence", help="sequence-wise or token-wise loss")
-    reg_coeff: float = option(1e-3, help="score regulariser alpha (mean squared end score)")
+    reg_coeff: float = option(1e-3, ge=0, help="score regulariser alpha (mean squared end score)")
     normalizer: Literal["none", "running", "ema"] = option("ema", help="score normaliser kept with the model")
-    momentum: float = option(0.9, help="EMA normaliser momentum")
-    epochs: float = option(2.0, help="passes over the pairs")
-    batch_size: int = option(32, help="pairs per micro-batch (2 x batch_size sequences)")
-    lr: float = option(1e-3, help="peak learning rate (suits the tiny world models; ~1e-5 for a "
+    momentum: float = option(0.9, ge=0, le=1, help="EMA normaliser momentum")
+    epochs: float = option(2.0, gt=0, help="passes over the pairs")
+    batch_size: int = option(32, ge=1, help="pairs per micro-batch (2 x batch_size sequences)")
+    lr: float = option(1e-3, gt=0, help="peak learning rate (suits the tiny world models; ~1e-5 for a "
                                   "pretrained backbone in full, ~1e-4 with LoRA)")
 
 
@@ -130,7 +138,7 @@ class RewardModelConfig(ScoreModelConfig):
 class CostModelConfig(ScoreModelConfig):
     """Cost model: safety ranking + kappa-weighted sign classification (cost > 0 = unsafe)."""
 
-    kappa: float = option(1.0, help="weight of the sign (classification) term")
+    kappa: float = option(1.0, ge=0, help="weight of the sign (classification) term")
     sign_term: Literal["binary", "graded"] = option(
         "binary", help="binary is_safe labels, or graded harmless_rate -3..+3 (BeaverTails-V)")
     zero_rating_sign: float | None = option(
@@ -166,26 +174,26 @@ class RLConfig:
     eval_prompts: str | None = option(None, help="held-out prompts scored every eval_every iterations")
     budget: float | None = option(None, help="cost budget d: the constraint is E[C] <= d (default: "
                                              "lagrange.budget, 0)")
-    iterations: int = option(100, help="rollout batches (the training budget)")
-    rollout_batch_size: int = option(64, help="prompts per rollout batch (per process)")
-    n_samples: int = option(1, help="responses per prompt (group size of grpo_lag; use >= 2 there)", aliases=("num_generations",))
-    mini_batch_size: int = option(32, help="sequences per PPO mini-batch")
-    ppo_epochs: int = option(1, help="passes over each rollout batch", aliases=("num_ppo_epochs",))
-    temperature: float = option(1.0, help="sampling temperature (log-probs use the same)")
-    top_p: float = option(1.0, help="nucleus sampling")
-    top_k: int = option(0, help="top-k sampling (0: off)")
-    max_new_tokens: int = option(32, help="response length cap", aliases=("max_completion_length", "response_length"))
-    repetition_penalty: float = option(1.0, help="generation repetition penalty")
+    iterations: int = option(100, ge=1, help="rollout batches (the training budget)")
+    rollout_batch_size: int = option(64, ge=1, help="prompts per rollout batch (per process)")
+    n_samples: int = option(1, aliases=("num_generations",), ge=1, help="responses per prompt (group size of grpo_lag; use >= 2 there)")
+    mini_batch_size: int = option(32, ge=1, help="sequences per PPO mini-batch")
+    ppo_epochs: int = option(1, aliases=("num_ppo_epochs",), ge=1, help="passes over each rollout batch")
+    temperature: float = option(1.0, gt=0, help="sampling temperature (log-probs use the same)")
+    top_p: float = option(1.0, gt=0, le=1, help="nucleus sampling")
+    top_k: int = option(0, ge=0, help="top-k sampling (0: off)")
+    max_new_tokens: int = option(32, aliases=("max_completion_length", "response_length"), ge=1, help="response length cap")
+    repetition_penalty: float = option(1.0, gt=0, help="generation repetition penalty")
     kl_coeff: float = option(
-        0.1, aliases=("kl_coef",), help="β: KL penalty to the reference, same for every algo (0.1 for the tiny world models, "
+        0.1, ge=0, aliases=("kl_coef",), help="β: KL penalty to the reference, same for every algo (0.1 for the tiny world models, "
                   "where 0.01 lets PPO hack the reward model within 100 iterations; Safe RLHF used "
                   "0.01-0.02 at 7B)")
     kl_estimator: Literal["k1", "k3"] = option("k1", help="per-token KL estimate in the reward stream")
-    clip_eps: float = option(0.2, help="PPO ratio clip ε", aliases=("cliprange",))
-    clip_eps_value: float = option(5.0, help="value clip ε_v", aliases=("cliprange_value",))
-    clip_score: float = option(50.0, help="terminal scores are clipped to ±clip_score")
-    gamma: float = option(1.0, help="GAE discount γ")
-    gae_lambda: float = option(0.95, help="GAE λ", aliases=("lam",))
+    clip_eps: float = option(0.2, aliases=("cliprange",), gt=0, help="PPO ratio clip ε")
+    clip_eps_value: float = option(5.0, aliases=("cliprange_value",), gt=0, help="value clip ε_v")
+    clip_score: float = option(50.0, gt=0, help="terminal scores are clipped to ±clip_score")
+    gamma: float = option(1.0, ge=0, le=1, help="GAE discount γ")
+    gae_lambda: float = option(0.95, aliases=("lam",), ge=0, le=1, help="GAE λ")
     loss_agg: Literal["token_mean", "seq_mean"] = option("token_mean", help="policy/value loss aggregation")
     normalize_reward: bool = option(False, help="apply the reward model's saved normaliser at RL time")
     normalize_cost: bool = option(False, help="apply the cost model's saved (scale-only) normaliser")
@@ -194,20 +202,20 @@ class RLConfig:
                          "which makes the budget d a target unsafe probability in [0, 1]")
     truncation_penalty: float | None = option(None, help="added to the reward of responses cut without EOS", aliases=("missing_eos_penalty",))
     whiten_advantages: bool = option(False, help="whiten the combined advantage (after combining)")
-    actor_lr: float = option(1e-4, help="policy learning rate", aliases=("learning_rate",))
-    critic_lr: float = option(5e-4, help="critic learning rate")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-    max_grad_norm: float = option(1.0, help="gradient clipping (0 disables)")
+    actor_lr: float = option(1e-4, aliases=("learning_rate",), gt=0, help="policy learning rate")
+    critic_lr: float = option(5e-4, gt=0, help="critic learning rate")
+    weight_decay: float = option(0.0, ge=0, help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, ge=0, help="gradient clipping (0 disables)")
     critic_init: Literal["score_model", "policy"] = option(
         "score_model", help="critics start from the reward/cost model, or from the policy backbone")
     critic_mode: Literal["separate", "shared"] = option(
         "separate", help="separate: one critic per stream; shared: one backbone with a value head per "
                          "stream (reward and cost), started from the reward model: cheaper ppo_lag")
     ptx_data: str | None = option(None, help="SFT data for the PTX loss (off when null)")
-    ptx_coeff: float = option(16.0, help="PTX loss coefficient (when ptx_data is given)")
+    ptx_coeff: float = option(16.0, ge=0, help="PTX loss coefficient (when ptx_data is given)")
     lagrange: LagrangeConfig = dataclasses.field(default_factory=LagrangeConfig)
-    lora_r: int = option(0, help="LoRA rank of the policy (0: full); the reference is then the disabled adapter")
-    lora_alpha: int = option(16, help="LoRA alpha")
+    lora_r: int = option(0, ge=0, help="LoRA rank of the policy (0: full); the reference is then the disabled adapter")
+    lora_alpha: int = option(16, ge=1, help="LoRA alpha")
     lora_targets: list[str] = option([], help="LoRA target modules (empty: all linear layers)")
     actor_freeze: list[str] = option(
         [], help="VLM policy parts kept frozen: any of vision_tower, projector, language_model")
@@ -215,11 +223,14 @@ class RLConfig:
         [], help="VLM critic parts kept frozen: any of vision_tower, projector, language_model")
     precision: Precision = option("auto", help="auto = bf16 on GPUs that support it, else fp32")
     gradient_checkpointing: bool = option(False, help="trade compute for memory")
-    seed: int = option(0, help="seed of prompt order and sampling")
-    eval_every: int = option(0, help="evaluate on eval_prompts every N iterations (0: at the end only)")
-    save_every: int = option(0, help="checkpoint every N iterations for --resume (0: end only)")
+    seed: int = option(0, ge=0, help="seed of prompt order and sampling")
+    eval_every: int = option(0, ge=0, help="evaluate on eval_prompts every N iterations (0: at the end only)")
+    save_every: int = option(0, ge=0, help="checkpoint every N iterations for --resume (0: end only)")
     resume: bool = option(False, help="continue from the last complete checkpoint in --out")
-    log_every: int = option(10, help="console log every N iterations")
+    overwrite: bool = option(False, help="replace a finished or partial run in --out (its checkpoints are removed)")
+    max_bad_fraction: float = option(
+        0.1, ge=0, le=1, help="stop before training when more than this fraction of the prompt records is bad")
+    log_every: int = option(10, ge=1, help="console log every N iterations")
     report_to: Literal["none", "tensorboard", "wandb"] = option("none", help="extra metrics sink")
     progress: bool = option(True, help="show a progress bar")
     backend: Literal["hf"] = option("hf", help="rollout backend (vllm arrives with its issue)")
@@ -243,6 +254,8 @@ class RLConfig:
                                    parametrisation="direct")
 
     def validate(self) -> None:
+        if self.resume and self.overwrite:
+            raise ConfigError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
         _check_vlm_parts("actor_freeze", self.actor_freeze)
         _check_vlm_parts("critic_freeze", self.critic_freeze)
         self.multiplier_config().validate()
@@ -265,22 +278,22 @@ class EvalScoreModelConfig:
     data_format: DataFormat = option("auto", help="adapter used to read --data")
     on_bad_record: BadRecordPolicy = option("skip", help="bad records: skip with a report, or error")
     normalize: Literal["saved", "on", "off"] = option("saved", help="score normaliser at evaluation time")
-    max_length: int = option(256, help="maximum tokens of prompt + response")
-    batch_size: int = option(64, help="sequences per forward pass")
+    max_length: int = option(256, ge=4, help="maximum tokens of prompt + response")
+    batch_size: int = option(64, ge=1, help="sequences per forward pass")
 
 
 @dataclass(kw_only=True)
 class WorldGenerateConfig:
     out: str = option(help="output dir for the world's files (DESIGN §12)")
-    seed: int = option(0, help="seed: the same seed gives byte-identical files")
+    seed: int = option(0, ge=0, help="seed: the same seed gives byte-identical files")
     noise: float = option(0.0, help="annotator noise p: each label flipped independently with probability p")
     modality: Literal["text", "image-text"] = option("text", help="text world, or the image world (Safe RLHF-V)")
-    n_sft: int = option(4000, help="SFT demonstrations")
-    n_pairs_train: int = option(4000, help="training preference pairs")
-    n_pairs_eval: int = option(1000, help="held-out preference pairs")
-    n_prompts_train: int = option(2000, help="RL training prompts")
-    n_eval_benign: int = option(600, help="held-out benign-side prompts (dual-use included)")
-    n_eval_harmful: int = option(600, help="held-out harmful prompts")
+    n_sft: int = option(4000, ge=1, help="SFT demonstrations")
+    n_pairs_train: int = option(4000, ge=1, help="training preference pairs")
+    n_pairs_eval: int = option(1000, ge=1, help="held-out preference pairs")
+    n_prompts_train: int = option(2000, ge=1, help="RL training prompts")
+    n_eval_benign: int = option(600, ge=1, help="held-out benign-side prompts (dual-use included)")
+    n_eval_harmful: int = option(600, ge=1, help="held-out harmful prompts")
 
     def validate(self) -> None:
         if not 0.0 <= self.noise <= 0.5:
@@ -298,10 +311,10 @@ class EvalWorldConfig:
     budget: float = option(0.0, help="budget d the constraint is checked against")
     cost_transform: Literal["identity", "sigmoid"] = option(
         "identity", help="the episode cost the policy was constrained on (RL's cost_transform): model_cost's units")
-    temperature: float | None = option(None, help="sampling temperature (default: the policy's own, else 1)")
-    max_new_tokens: int = option(32, help="response length cap")
-    n_boot: int = option(1000, help="bootstrap resamples for the 95 % intervals")
-    seed: int = option(0, help="sampling and bootstrap seed")
+    temperature: float | None = option(None, gt=0, help="sampling temperature (default: the policy's own, else 1)")
+    max_new_tokens: int = option(32, ge=1, help="response length cap")
+    n_boot: int = option(1000, ge=1, help="bootstrap resamples for the 95 % intervals")
+    seed: int = option(0, ge=0, help="sampling and bootstrap seed")
 
 
 @dataclass(kw_only=True)
@@ -309,7 +322,7 @@ class DemoConfig:
     """The whole Safe RLHF pipeline in the verifiable world, in one process, with a report."""
 
     out: str = option("runs/demo", help="output dir: report.json, report.md, PNG plots, every stage's folder")
-    seed: int = option(0, help="seed of the world, the models and the sampling")
+    seed: int = option(0, ge=0, help="seed of the world, the models and the sampling")
     noise: float = option(0.1, help="annotator noise of the world's labels")
     budget: float | None = option(
         None, help="cost budget d of ppo_lag (default: 0, the cost model's own safe/unsafe boundary; "
@@ -324,11 +337,11 @@ class DemoConfig:
     image_budget: float | None = option(
         None, help="image-text: budget d on E[σ(c)], in (0, 1), when --budget is not given "
                    "(null: calibrated, pipeline_image.calibrated_budget)")
-    rounds: int = option(1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
+    rounds: int = option(1, ge=1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
     shaping_lambdas: list[float] = option([0.5, 5.0], help="fixed λ₀ values of the reward-shaping baseline")
-    rl_iterations: int | None = option(None, help="RL iterations per method (default: by mode)")
-    threads: int = option(1, help="torch intra-op threads (1 is fastest for these tiny models)")
-    workers: int = option(0, help="processes for independent stages (RL runs, score models, evaluations, "
+    rl_iterations: int | None = option(None, ge=1, help="RL iterations per method (default: by mode)")
+    threads: int = option(1, ge=1, help="torch intra-op threads (1 is fastest for these tiny models)")
+    workers: int = option(0, ge=0, help="processes for independent stages (RL runs, score models, evaluations, "
                                    "the guard), one thread each; 0 = one per CPU core; 1 = all in this process")
     guard: bool = option(True, help="the Beaver-Guard stage: guard training, evaluation and guarded generation")
     progress: bool = option(True, help="progress bars")
@@ -353,17 +366,17 @@ class BudgetConfig:
     out: str | None = option(None, help="output dir for budget.json and costs.jsonl (printed only when null)")
     target_unsafe_rate: float | None = option(
         None, help="target P(c > d): report the d that matches it (the (1 - r)-quantile of the costs)")
-    max_prompts: int = option(512, help="sample at most this many prompts (0: all)")
-    n_samples: int = option(1, help="responses per prompt")
-    temperature: float | None = option(None, help="sampling temperature (default: the policy's own, else 1)")
-    top_p: float = option(1.0, help="nucleus sampling")
-    max_new_tokens: int = option(32, help="response length cap")
-    batch_size: int = option(64, help="prompts per generate call")
+    max_prompts: int = option(512, ge=0, help="sample at most this many prompts (0: all)")
+    n_samples: int = option(1, ge=1, help="responses per prompt")
+    temperature: float | None = option(None, gt=0, help="sampling temperature (default: the policy's own, else 1)")
+    top_p: float = option(1.0, gt=0, le=1, help="nucleus sampling")
+    max_new_tokens: int = option(32, ge=1, help="response length cap")
+    batch_size: int = option(64, ge=1, help="prompts per generate call")
     normalize_cost: bool = option(False, help="apply the cost model's saved (scale-only) normaliser, as RL would")
     cost_transform: Literal["identity", "sigmoid"] = option(
         "identity", help="the episode cost RL will constrain (RL's cost_transform): the units of d")
     device: str | None = option(None, help="cpu | cuda (default: cuda when available)")
-    seed: int = option(0, help="sampling seed")
+    seed: int = option(0, ge=0, help="sampling seed")
 
     def validate(self) -> None:
         if self.target_unsafe_rate is not None and not 0.0 <= self.target_unsafe_rate <= 1.0:

@@ -37,7 +37,7 @@ def run_summary(cfg) -> dict[str, Any]:
 
     from saferlhf.data import load_records
 
-    result = load_records(cfg.data, format=cfg.format, config=cfg.config, split=cfg.split,
+    result = load_records(cfg.data, format=cfg.format, config=cfg.data_config, split=cfg.split,
                           revision=cfg.revision, image_root=cfg.image_root,
                           on_bad_record=cfg.on_bad_record, limit=cfg.limit)
     records = result.records

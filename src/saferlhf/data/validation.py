@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -399,3 +402,38 @@ def _check_safety_consistency(
             f"'{safe_name}' = false but '{severity_name}' = 0 and no harm category is set",
             "check whether the response is unsafe (then give its severity and categories)",
         ))
+
+
+# --------------------------------------------------------------------------- bad-record threshold
+
+_BAD_LIMIT: ContextVar[float | None] = ContextVar("saferlhf_max_bad_fraction", default=None)
+
+
+@contextmanager
+def bad_record_limit(fraction: float | None) -> Iterator[None]:
+    """Within the block, every load stops with a DataError when more than ``fraction`` of a
+    source's records are bad, and prints its kept / skipped counts (the CLI sets this from a
+    stage's ``max_bad_fraction``; ``None``: no limit, nothing printed)."""
+    token = _BAD_LIMIT.set(fraction)
+    try:
+        yield
+    finally:
+        _BAD_LIMIT.reset(token)
+
+
+def enforce_bad_fraction(report: LoadReport, *, examples: int = 3) -> None:
+    """Print the load's counts and raise DataError when its bad fraction is over the limit."""
+    limit = _BAD_LIMIT.get()
+    if limit is None:
+        return
+    print(f"data: {report.summary()}", file=sys.stderr)
+    if not report.total or not report.skipped:
+        return
+    fraction = len(report.skipped) / report.total
+    if fraction > limit:
+        first = "\n  ".join(str(b) for b in report.skipped[:examples])
+        raise DataError(
+            f"{report.source}: {len(report.skipped)} of {report.total} records are bad ({fraction:.0%}, over "
+            f"--max-bad-fraction {limit:g}); nothing was trained. Reasons: {_counts(report.skipped_by_reason())}. "
+            f"First bad records:\n  {first}\nRepair the file, pass the right --data-format, or raise "
+            "--max-bad-fraction to train on the good records only")

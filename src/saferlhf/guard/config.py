@@ -32,14 +32,14 @@ class GuardTrainConfig(TrainConfig):
     model: str = option("tiny", help="'tiny' (tiny Llama-style backbone from scratch, needs --tokenizer), 'minilm' "
                                      "(the packaged all-MiniLM-L6-v2 encoder) or a model dir (SFT policy, backbone)")
     tokenizer: str | None = option(None, help="tokenizer dir (default: the model's; required for 'tiny')")
-    tiny_layers: int = option(2, help="layers of the tiny backbone")
-    tiny_hidden: int = option(128, help="hidden size of the tiny backbone")
+    tiny_layers: int = option(2, ge=1, help="layers of the tiny backbone")
+    tiny_hidden: int = option(128, ge=8, help="hidden size of the tiny backbone")
     vlm_style: Literal["llava", "qwen2_vl"] = option(
         "qwen2_vl", help="image data with --model tiny: the tiny VLM backbone (qwen2_vl: 8 px patches merged 2x2; "
                          "llava: CLIP tower, tiny_patch px patches)")
-    vision_hidden: int = option(64, help="image data with --model tiny: hidden size of the vision tower")
-    vision_layers: int = option(2, help="image data with --model tiny: layers of the vision tower")
-    vision_patch: int = option(8, help="image data with --model tiny: patch size (px) of the vision tower")
+    vision_hidden: int = option(64, ge=8, help="image data with --model tiny: hidden size of the vision tower")
+    vision_layers: int = option(2, ge=1, help="image data with --model tiny: layers of the vision tower")
+    vision_patch: int = option(8, ge=1, help="image data with --model tiny: patch size (px) of the vision tower")
     ignore_images: bool = option(False, help="train a text-only guard on image data (the images are dropped; "
                                              "a baseline); otherwise image data needs a vision-language backbone")
     taxonomy: Taxonomy = option("auto", help="harm categories of the category head (auto: from the data's names)")
@@ -54,21 +54,21 @@ class GuardTrainConfig(TrainConfig):
     class_weighting: Literal["balanced", "none"] = option(
         "balanced", help="balanced: positive weight n_neg/n_pos for unsafe and each category, inverse-frequency "
                          "weights for the severity classes")
-    unsafe_weight: float = option(1.0, help="loss weight of the unsafe head")
-    severity_weight: float = option(1.0, help="loss weight of the severity head")
-    category_weight: float = option(1.0, help="loss weight of the category head")
+    unsafe_weight: float = option(1.0, ge=0, help="loss weight of the unsafe head")
+    severity_weight: float = option(1.0, ge=0, help="loss weight of the severity head")
+    category_weight: float = option(1.0, ge=0, help="loss weight of the category head")
     threshold: float = option(0.5, help="P(unsafe) at or above which a text is flagged")
     target_fpr: float | None = option(
         None, help="pick the threshold on the held-out split: the lowest with a false-positive rate <= this")
     freeze_embeddings: bool | None = option(
         None, help="keep the input embeddings fixed (null: the preset's choice, else no)")
     freeze_layers: int | None = option(
-        None, help="keep the lowest N transformer layers fixed (null: the preset's choice, else 0)")
-    max_length: int = option(128, help="maximum tokens of prompt (+ response)")
-    batch_size: int = option(32, help="examples per micro-batch")
-    epochs: float = option(3.0, help="passes over the training examples; max_steps wins when set")
-    lr: float = option(1e-3, help="peak learning rate (1e-3 suits tiny backbones, ~5e-5 pretrained ones)")
-    limit: int | None = option(None, help="use at most this many training examples (after the split)")
+        None, ge=0, help="keep the lowest N transformer layers fixed (null: the preset's choice, else 0)")
+    max_length: int = option(128, ge=4, help="maximum tokens of prompt (+ response)")
+    batch_size: int = option(32, ge=1, help="examples per micro-batch")
+    epochs: float = option(3.0, gt=0, help="passes over the training examples; max_steps wins when set")
+    lr: float = option(1e-3, gt=0, help="peak learning rate (1e-3 suits tiny backbones, ~5e-5 pretrained ones)")
+    limit: int | None = option(None, ge=0, help="use at most this many training examples (after the split)")
 
     def validate(self) -> None:
         super().validate()
@@ -90,7 +90,7 @@ class GuardModerateConfig:
     input: str = option(help="JSONL: one object per line with 'prompt' [+ 'response'] [+ 'image']; "
                              "other fields are ignored")
     out: str = option(help="output JSONL: one verdict per input line, in order (safe, severity, categories, score)")
-    batch_size: int = option(64, help="texts per forward pass")
+    batch_size: int = option(64, ge=1, help="texts per forward pass")
     threshold: float | None = option(None, help="override the guard's saved decision threshold")
     keep_fields: bool = option(False, help="copy the input fields into each output line (next to the verdict)")
 
@@ -101,7 +101,7 @@ class GuardGenerateConfig:
     guard: str = option(help="guard dir")
     prompts: str = option(help="prompts (jsonl/json/parquet with a 'prompt' field, or pairs)")
     out: str = option(help="output dir: responses.jsonl, summary.json")
-    rounds: int = option(5, help="regenerations at most per prompt before the refusal fallback")
+    rounds: int = option(5, ge=0, help="regenerations at most per prompt before the refusal fallback")
     severity_threshold: int = option(
         1, help="regenerate when flagged unsafe with predicted severity >= this (1: every flagged response)")
     safety_instruction: str | None = option(
@@ -110,12 +110,12 @@ class GuardGenerateConfig:
     refusal: str = option(DEFAULT_REFUSAL, help="the fallback answer when every round is flagged")
     world: str | None = option(None, help="world dir: adds per-round oracle harm / helpfulness to the summary")
     reward_model: str | None = option(None, help="reward model dir: adds per-round mean reward (helpfulness)")
-    temperature: float | None = option(None, help="sampling temperature (default: the policy's own, else 1)")
-    top_p: float = option(1.0, help="nucleus sampling")
-    max_new_tokens: int = option(32, help="response length cap")
-    batch_size: int = option(256, help="prompts per generate call")
-    limit: int | None = option(None, help="use the first N prompts only")
-    seed: int = option(0, help="sampling seed (round k samples with seed + k)")
+    temperature: float | None = option(None, gt=0, help="sampling temperature (default: the policy's own, else 1)")
+    top_p: float = option(1.0, gt=0, le=1, help="nucleus sampling")
+    max_new_tokens: int = option(32, ge=1, help="response length cap")
+    batch_size: int = option(256, ge=1, help="prompts per generate call")
+    limit: int | None = option(None, ge=0, help="use the first N prompts only")
+    seed: int = option(0, ge=0, help="sampling seed (round k samples with seed + k)")
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -133,9 +133,9 @@ class EvalGuardConfig:
     on_bad_record: BadRecordPolicy = option("skip", help="bad records: skip with a report, or error")
     moderation: Literal["auto", "input", "output"] = option(
         "auto", help="input: score prompts only; output: prompt + response; auto: as the guard was trained")
-    batch_size: int = option(64, help="texts per forward pass")
+    batch_size: int = option(64, ge=1, help="texts per forward pass")
     threshold: float | None = option(None, help="override the guard's saved decision threshold")
-    n_bins: int = option(10, help="bins of the reliability diagram")
+    n_bins: int = option(10, ge=1, help="bins of the reliability diagram")
     assume_label: Literal["none", "unsafe", "safe"] = option(
         "none", help="label of prompt-only records without a safe/is_safe field (e.g. unsafe for a harmful "
                      "prompt set: the flag rate is then the recall)")

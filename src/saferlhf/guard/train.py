@@ -443,4 +443,7 @@ def _jsonable(x: Any) -> Any:
 
 def run_guard_train(cfg: GuardTrainConfig) -> dict[str, Any]:
     """CLI runner of ``saferlhf guard train``."""
+    from saferlhf.preflight import check_stage
+
+    check_stage(cfg, "guard train")  # models, tokenizer, --out: before any work (saferlhf.preflight)
     return train_guard(cfg)

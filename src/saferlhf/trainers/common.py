@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,14 +253,32 @@ class TrainerState:
 
 def save_training_checkpoint(accelerator: Accelerator, out_dir: str | Path, state: TrainerState,
                              *, keep: int = 2) -> Path | None:
-    """Atomic ``checkpoints/step-N`` with accelerate state + trainer counters; keeps the last ``keep``."""
+    """Atomic ``checkpoints/step-N`` with accelerate state + trainer counters; keeps the last ``keep``.
+
+    The optimiser state is stored as safetensors (:mod:`saferlhf.trainers.resume`). A failed
+    write (disk full, permissions) removes the half-written folder, keeps the previous
+    checkpoints and stops the run with a :class:`~saferlhf.errors.CheckpointError`.
+    """
+    from saferlhf.errors import CheckpointError
+    from saferlhf.trainers.resume import save_optimizer_safetensors
+
     final = Path(out_dir) / CHECKPOINT_DIR / f"step-{state.step}"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(final) as tmp:
-            accelerator.save_state(str(tmp), safe_serialization=True)
-            state.save(tmp / "trainer_state.json")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_dir(final) as tmp:
+                accelerator.save_state(str(tmp), safe_serialization=True)
+                save_optimizer_safetensors(tmp)
+                state.save(tmp / "trainer_state.json")
+        except OSError as e:
+            prev = latest_checkpoint(out_dir)
+            kept = (f"the previous checkpoint {prev} is intact and --resume continues from it" if prev
+                    else "no earlier checkpoint exists")
+            where = f": {e.filename}" if e.filename else ""
+            raise CheckpointError(
+                f"could not write checkpoint {final} ({e.strerror or e}{where}); nothing of it was kept, {kept}. "
+                "Free disk space / fix the permissions of --out, then rerun with --resume") from e
         done = sorted((p for p in final.parent.glob("step-*") if is_complete(p)),
                       key=lambda p: int(p.name.split("-")[1]))
         for old in done[:-keep]:
@@ -268,17 +287,63 @@ def save_training_checkpoint(accelerator: Accelerator, out_dir: str | Path, stat
     return final
 
 
+def complete_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete ``checkpoints/step-N`` folders, newest first."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if p.is_dir() and is_complete(p)]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
 def load_training_checkpoint(accelerator: Accelerator, out_dir: str | Path) -> TrainerState | None:
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is None:
-        return None
-    accelerator.load_state(str(ckpt))
-    return TrainerState.load(ckpt / "trainer_state.json")
+    """Load the newest complete checkpoint that reads; a corrupt one (even with its COMPLETE
+    marker) is skipped with a warning and the previous complete one is used."""
+    import warnings
+
+    from saferlhf.errors import CheckpointError
+    from saferlhf.trainers.resume import check_random_states, optimizer_load_dir, verify_checkpoint
+
+    root = Path(out_dir) / CHECKPOINT_DIR
+    if accelerator.is_main_process and root.is_dir():
+        for leftover in root.glob(".tmp-step-*"):  # a save killed before its rename
+            shutil.rmtree(leftover, ignore_errors=True)
+    failures = []
+    for ckpt in complete_checkpoints(out_dir):
+        try:
+            verify_checkpoint(ckpt)
+            state = TrainerState.load(ckpt / "trainer_state.json")
+            check_random_states(ckpt)
+            with optimizer_load_dir(ckpt) as readable:
+                accelerator.load_state(str(readable))
+        except Exception as e:  # noqa: BLE001 - any unreadable part: fall back to the previous checkpoint
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            failures.append(f"{ckpt.name}: {type(e).__name__}: {first}")
+            msg = f"checkpoint {ckpt} is corrupt ({failures[-1]}); falling back to the previous complete one"
+            warnings.warn(msg, stacklevel=2)
+            print(f"saferlhf: warning: {msg}", file=sys.stderr)
+            continue
+        return state
+    if failures:
+        raise CheckpointError(f"--resume: no checkpoint in {root} could be read ({'; '.join(failures)}). "
+                              "Start again with --overwrite, or restore the checkpoints")
+    return None
 
 
 def save_run_config(out_dir: str | Path, config: Any, name: str = "run_config.json") -> None:
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / name).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
+    """Record the config a run applies (written atomically). On a resumed run (a checkpoint in
+    ``out_dir``) the new config is first checked against the saved one: a changed fixed key is
+    a ConfigError (:func:`saferlhf.trainers.resume.check_resume_config`), so nothing that was
+    not applied is recorded."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if getattr(config, "resume", False) and name == "run_config.json" and latest_checkpoint(out) is not None:
+        from saferlhf.trainers.resume import check_resume_config
+
+        check_resume_config(out, config, quiet=True)
+    tmp = out / f".{name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
+    os.replace(tmp, out / name)
 
 
 def progress_bar(total: int, description: str, *, enabled: bool = True):

@@ -324,6 +324,9 @@ class SafeRLTrainer:
     @classmethod
     def from_config(cls, cfg: RLConfig, **kwargs: Any) -> SafeRLTrainer:
         """The trainer of a config whose sources are all paths (what ``saferlhf rl`` runs)."""
+        from saferlhf.preflight import check_stage
+
+        check_stage(cfg, "rl")  # models, tokenizer, --out: before any work
         return cls(cfg, **kwargs)
 
     @property

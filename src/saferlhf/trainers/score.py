@@ -266,6 +266,10 @@ class ScoreModelTrainer:
     def from_config(cls, cfg: ScoreModelConfig, kind: str | None = None, **kwargs: Any) -> ScoreModelTrainer:
         """The trainer of a config whose model and data are paths (``saferlhf reward-model`` /
         ``cost-model``)."""
+        from saferlhf.preflight import check_stage
+
+        kind = kind or ("cost" if isinstance(cfg, CostModelConfig) else "reward")
+        check_stage(cfg, f"{kind}-model")  # models, tokenizer, --out: before any work
         return cls(cfg, kind=kind, **kwargs)
 
     def _examples(self):

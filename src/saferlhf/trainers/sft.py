@@ -146,6 +146,9 @@ class SFTTrainer:
     @classmethod
     def from_config(cls, cfg: SFTConfig, **kwargs: Any) -> SFTTrainer:
         """The trainer of a config whose model and data are paths (what ``saferlhf sft`` runs)."""
+        from saferlhf.preflight import check_stage
+
+        check_stage(cfg, "sft")  # models, tokenizer, --out: before any work
         return cls(cfg, **kwargs)
 
     def train(self) -> dict[str, Any]:

@@ -21,7 +21,14 @@ from saferlhf.data.adapters.base import Adapter, RowContext
 from saferlhf.data.adapters.generic import CHOSEN_IS
 from saferlhf.data.adapters.reading import RawSource, open_source
 from saferlhf.data.schema import GuardRecord, PreferencePair, PromptRecord, Record, SFTRecord
-from saferlhf.data.validation import BadRecord, DataError, LoadReport, RecordProblem, check_policy
+from saferlhf.data.validation import (
+    BadRecord,
+    DataError,
+    LoadReport,
+    RecordProblem,
+    check_policy,
+    enforce_bad_fraction,
+)
 from saferlhf.data.views import guard_view, prompt_view, sft_from_guard, sft_view
 
 R = TypeVar("R")
@@ -126,6 +133,7 @@ def load_records(
 
     report.loaded = len(records)
     report.log()
+    enforce_bad_fraction(report)
     return LoadResult(records, report)
 
 

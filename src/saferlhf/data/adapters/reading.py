@@ -103,10 +103,25 @@ def _open_file(path: Path) -> RawSource:
 
 def _open_text(path: Path, compressed: str | None):
     opener = _COMPRESSED[compressed] if compressed else open
-    return opener(path, "rt", encoding="utf-8")
+    # utf-8-sig: a byte-order mark (as some editors write) is not part of the first record;
+    # text mode reads CRLF line ends as plain newlines.
+    return opener(path, "rt", encoding="utf-8-sig")
 
 
 def _jsonl_rows(path: Path, compressed: str | None) -> Iterator[tuple[int, Row]]:
+    try:
+        yield from _jsonl_lines(path, compressed)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start} of a line); save the "
+                        "file as UTF-8") from None
+    except (OSError, EOFError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        raise DataError(f"{path}: cannot be read as {'compressed ' if compressed else ''}text ({error}); "
+                        "the file is damaged or not what its name says") from None
+
+
+def _jsonl_lines(path: Path, compressed: str | None) -> Iterator[tuple[int, Row]]:
     loads = json.loads
     with _open_text(path, compressed) as lines:
         for number, line in enumerate(lines, start=1):
@@ -132,8 +147,11 @@ def _not_an_object(row: Any, where: str) -> RecordProblem:
 
 
 def _json_source(path: Path, compressed: str | None) -> RawSource:
-    with _open_text(path, compressed) as file:
-        text = file.read()
+    try:
+        with _open_text(path, compressed) as file:
+            text = file.read()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -166,10 +184,21 @@ def _enumerate_mappings(rows: Iterable[Any]) -> Iterator[tuple[int, Row]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Row]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        yield from _parquet_batches(pq.ParquetFile(path))
+    except (pa.ArrowException, OSError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        raise DataError(f"{path}: not a readable parquet file ({type(error).__name__}: {error}); check the file "
+                        "(an interrupted download?) or convert it to JSON Lines") from None
+
+
+def _parquet_batches(file) -> Iterator[tuple[int, Row]]:
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
+    for batch in file.iter_batches(batch_size=_BATCH_ROWS):
         # Column by column, then zipped: about twice as fast as RecordBatch.to_pylist().
         names = batch.schema.names
         columns = [column.to_pylist() for column in batch.columns]
