@@ -304,3 +304,27 @@ def test_internal_bug_exits_1_with_traceback(world, tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "Traceback" in err and "bug" in err and "report" in err
     assert not (tmp_path / "o" / ".saferlhf.lock").exists()  # the lock is released on every exit
+
+
+def test_contradictory_labels_are_noise_not_bad_lines():
+    """A noisy labelling skips its contradictory pairs but never trips --max-bad-fraction; the
+    same fraction of malformed lines does."""
+    from saferlhf.data.validation import (
+        CONTRADICTORY_LABELS,
+        BadRecord,
+        DataError,
+        LoadReport,
+        bad_record_limit,
+        enforce_bad_fraction,
+    )
+
+    def report(reason):
+        r = LoadReport(source="pairs.jsonl", format="pku_saferlhf")
+        r.total = 10
+        r.skipped = [BadRecord(f"pairs.jsonl:{i}", f"line {i}", reason, None, "bad", "fix") for i in range(3)]
+        return r
+
+    with bad_record_limit(0.1):
+        enforce_bad_fraction(report(CONTRADICTORY_LABELS))
+        with pytest.raises(DataError, match="3 of 10 records are bad"):
+            enforce_bad_fraction(report("invalid_json"))

@@ -160,7 +160,7 @@ def test_contradictory_labels_follow_the_bad_record_policy(world, tmp_path, capl
     caplog.clear()
     out = tmp_path / "cm"
     with caplog.at_level("WARNING", logger="saferlhf.data"):
-        # 47 of 120 bad: over the default --max-bad-fraction 0.1 (tests/test_reliability.py)
+        # label noise, not malformed lines: --max-bad-fraction does not count it (any value passes)
         assert main(["cost-model", "--model", str(sft_dir), "--data", str(data), "--out", str(out),
                      "--max-steps", "6", "--batch-size", "8", "--progress", "false",
                      "--max-bad-fraction", "0.5"]) == 0

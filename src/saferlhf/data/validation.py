@@ -406,6 +406,9 @@ def _check_safety_consistency(
 
 # --------------------------------------------------------------------------- bad-record threshold
 
+LABEL_NOISE_REASONS = frozenset({CONTRADICTORY_LABELS})
+"""Skip reasons that are label noise, not malformed data: not counted by ``--max-bad-fraction``."""
+
 _BAD_LIMIT: ContextVar[float | None] = ContextVar("saferlhf_max_bad_fraction", default=None)
 
 
@@ -427,13 +430,17 @@ def enforce_bad_fraction(report: LoadReport, *, examples: int = 3) -> None:
     if limit is None:
         return
     print(f"data: {report.summary()}", file=sys.stderr)
-    if not report.total or not report.skipped:
+    # Contradictory safety labels are annotator noise in well-formed records: skipped and
+    # counted as always, but a noisy labelling (≈ 13 % of pairs at 15 % label noise) must not
+    # stop a run the way a file of malformed lines should.
+    malformed = [b for b in report.skipped if b.reason not in LABEL_NOISE_REASONS]
+    if not report.total or not malformed:
         return
-    fraction = len(report.skipped) / report.total
+    fraction = len(malformed) / report.total
     if fraction > limit:
-        first = "\n  ".join(str(b) for b in report.skipped[:examples])
+        first = "\n  ".join(str(b) for b in malformed[:examples])
         raise DataError(
-            f"{report.source}: {len(report.skipped)} of {report.total} records are bad ({fraction:.0%}, over "
+            f"{report.source}: {len(malformed)} of {report.total} records are bad ({fraction:.0%}, over "
             f"--max-bad-fraction {limit:g}); nothing was trained. Reasons: {_counts(report.skipped_by_reason())}. "
             f"First bad records:\n  {first}\nRepair the file, pass the right --data-format, or raise "
             "--max-bad-fraction to train on the good records only")
