@@ -118,3 +118,26 @@ def test_prepare_models_without_deepspeed_and_collective_saves(tmp_path):
 
 def test_configs_dir_is_where_the_contract_says():
     assert accelerate_config_path("zero3") == Path(__file__).resolve().parents[1] / "configs/accelerate/zero3.yaml"
+
+
+def test_unsharded_saves_use_local_weights_and_save_policy_takes_a_gathered_state(tmp_path):
+    from accelerate import Accelerator
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    from saferlhf.data.templates import template_for
+    from saferlhf.distributed import full_state_dict_if_sharded, is_sharded
+    from saferlhf.models.checkpoint import save_policy
+
+    acc = Accelerator(cpu=True)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    assert not is_sharded(acc) and full_state_dict_if_sharded(acc, model) is None
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<eos>": 1, "<pad>": 2},
+                                                                              unk_token="a")),
+                                  eos_token="<eos>", pad_token="<pad>")
+    # A "gathered" state whose values differ from the module's: the saved folder must hold them.
+    state = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    save_policy(model, tok, tmp_path / "p", template=template_for(tok), state_dict=state)
+    again = LlamaForCausalLM.from_pretrained(tmp_path / "p")
+    assert torch.all(again.model.layers[0].mlp.up_proj.weight == 0.5)

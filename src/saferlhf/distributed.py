@@ -227,6 +227,25 @@ def gathered_state_dict(accelerator: Any, model: Any) -> dict[str, Any]:
     return accelerator.get_state_dict(model)
 
 
+def is_sharded(accelerator: Any) -> bool:
+    """Parameters are sharded across processes (FSDP, or DeepSpeed ZeRO-3)."""
+    kind = str(getattr(accelerator, "distributed_type", ""))
+    if kind.endswith("FSDP"):
+        return True
+    if kind.endswith("DEEPSPEED"):
+        plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+        return plugin is not None and int(getattr(plugin, "zero_stage", 0)) == 3
+    return False
+
+
+def full_state_dict_if_sharded(accelerator: Any, model: Any) -> dict[str, Any] | None:
+    """The gathered full state dict when ``model`` is sharded, else ``None`` (the local module
+    already holds full weights). Collective when sharded: call it on every process."""
+    if not is_sharded(accelerator):
+        return None
+    return gathered_state_dict(accelerator, model)
+
+
 def save_pretrained_gathered(
     accelerator: Any,
     model: Any,

@@ -34,6 +34,7 @@ from saferlhf.io import atomic_files
 from saferlhf.models.checkpoint import load_template
 from saferlhf.models.score_model import ScoreModel
 from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor
+from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.trainers.common import encode_prompt_responses, make_accelerator, seed_everything
 from saferlhf.trainers.loop import run_supervised_loop
 from saferlhf.trainers.sft import lora_spec
@@ -254,9 +255,10 @@ def train_score_model(cfg: ScoreModelConfig, kind: str) -> dict:
     accelerator.wait_for_everyone()
     # Saved raw (normalisation off); its statistics go with it and RL / eval switch it on.
     final = accelerator.unwrap_model(model)
+    full = full_state_dict_if_sharded(accelerator, model)  # FSDP / ZeRO-3: gathered on every rank
     if accelerator.is_main_process:
         with atomic_files(cfg.out) as tmp:
-            final.save_pretrained(tmp, tokenizer=tokenizer, merge_lora=True)
+            final.save_pretrained(tmp, tokenizer=tokenizer, merge_lora=True, state_dict=full)
     return {"steps": result.steps, "train": result.final_metrics, "eval": result.eval_metrics}
 
 

@@ -30,6 +30,7 @@ from saferlhf.models.checkpoint import load_template, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.tiny import tiny_llama
 from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor, tiny_vlm
+from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.trainers.common import (
     encode_prompt_responses,
     make_accelerator,
@@ -298,10 +299,11 @@ def run_sft(cfg: SFTConfig) -> Path:
     result = run_supervised_loop(cfg, accelerator, model, n_examples=len(train), collate=collate,
                                  loss_fn=sft_step, evaluate=evaluate if evals else None, name="sft")
     accelerator.wait_for_everyone()
+    full = full_state_dict_if_sharded(accelerator, model)  # FSDP / ZeRO-3: gathered on every rank
     if accelerator.is_main_process:
         save_policy(accelerator.unwrap_model(model), tokenizer, cfg.out, template=template,
                     meta={**meta, "steps": result.steps, "final_metrics": result.final_metrics,
-                          "eval_metrics": result.eval_metrics})
+                          "eval_metrics": result.eval_metrics}, state_dict=full)
     return Path(cfg.out)
 
 
