@@ -122,8 +122,8 @@ def test_configs_dir_is_where_the_contract_says():
 
 def test_unsharded_saves_use_local_weights_and_save_policy_takes_a_gathered_state(tmp_path):
     from accelerate import Accelerator
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from saferlhf.data.templates import template_for
     from saferlhf.distributed import full_state_dict_if_sharded, is_sharded

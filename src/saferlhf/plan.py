@@ -459,5 +459,17 @@ def run_plan(cfg) -> int:
     return 0
 
 
-__all__ = ["Arch", "KNOWN_ARCHS", "ModelMemory", "Plan", "activation_bytes", "arch_from_hf_config",
-           "format_plan", "model_memory", "plan_from_config", "plan_memory", "resolve_arch", "run_plan"]
+__all__ = [
+    "KNOWN_ARCHS",
+    "Arch",
+    "ModelMemory",
+    "Plan",
+    "activation_bytes",
+    "arch_from_hf_config",
+    "format_plan",
+    "model_memory",
+    "plan_from_config",
+    "plan_memory",
+    "resolve_arch",
+    "run_plan",
+]

@@ -33,10 +33,10 @@ def make_rollout_backend(name: str, policy, tokenizer, **kwargs) -> RolloutBacke
 
 __all__ = [
     "BACKENDS",
-    "make_rollout_backend",
     "HFRolloutBackend",
     "RolloutBackend",
     "RolloutBatch",
     "SamplingParams",
     "build_rollout_batch",
+    "make_rollout_backend",
 ]

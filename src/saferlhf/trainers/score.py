@@ -29,12 +29,12 @@ from saferlhf.config import ConfigError
 from saferlhf.config.stages import CostModelConfig, RewardModelConfig, ScoreModelConfig
 from saferlhf.data.collate import pad_sequences
 from saferlhf.data.templates import Template
+from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.eval.score_eval import score_pairs, summarize_scores
 from saferlhf.io import atomic_files
 from saferlhf.models.checkpoint import load_template
 from saferlhf.models.score_model import ScoreModel
 from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor
-from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.trainers.common import encode_prompt_responses, make_accelerator, seed_everything
 from saferlhf.trainers.loop import run_supervised_loop
 from saferlhf.trainers.sft import lora_spec

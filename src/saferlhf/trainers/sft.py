@@ -25,12 +25,12 @@ import torch
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import SFTConfig
 from saferlhf.data.templates import Template, template_for
+from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.losses import sft_loss
 from saferlhf.models.checkpoint import load_template, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.tiny import tiny_llama
 from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor, tiny_vlm
-from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.trainers.common import (
     encode_prompt_responses,
     make_accelerator,
