@@ -141,3 +141,17 @@ def test_sync_weights_loads_full_weights_by_hf_name(fake_vllm):
     b = VLLMRolloutBackend(policy, SimpleNamespace(eos_token_id=2, pad_token_id=0), model_path="x", engine=engine)
     b.sync_weights()
     assert engine.model.loaded == ["0.weight", "0.bias"] and engine.resets == 1
+
+
+def test_sync_weights_of_a_peft_policy_sends_merged_base_names(fake_vllm):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    names = set(base.state_dict())
+    policy = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    engine = _FakeLLM()
+    VLLMRolloutBackend(policy, SimpleNamespace(eos_token_id=2, pad_token_id=0), model_path="x",
+                       engine=engine).sync_weights()
+    assert set(engine.model.loaded) == names  # no base_model.model. / lora_A / base_layer names

@@ -188,9 +188,14 @@ class VLLMRolloutBackend(RolloutBackend):
             policy.save_pretrained(path)
             self._lora_request = LoRARequest(f"policy-v{self._lora_version}", self._lora_version, path)
             return
+        from saferlhf.models.loading import is_peft_model, peft_clean_state_dict
+
         with torch.no_grad():
-            state = ((name, p.detach()) for name, p in policy.state_dict().items())
-            self._engine_model().load_weights(weights=state)
+            if is_peft_model(policy):  # adapter merged into the base, under the base model's names
+                items = peft_clean_state_dict(policy, merged=True, to_cpu=False).items()
+            else:
+                items = policy.state_dict().items()
+            self._engine_model().load_weights(weights=((name, p.detach()) for name, p in items))
         reset = getattr(self.engine, "reset_prefix_cache", None)
         if callable(reset):
             reset()  # cached prefixes hold keys/values of the old weights
