@@ -27,6 +27,7 @@ MODEL_KEYS = ("model", "policy", "reward_model", "cost_model")
 GUARD_KEYS = ("guard",)
 BUILT_IN_MODELS = {"tiny", "minilm", "tiny-llava", "tiny-llava-siglip", "tiny-qwen2_vl"}
 GUARD_STAGES = {"guard moderate", "eval guard"}  # their --model is a guard folder
+PLANNING_STAGES = {"plan"}  # estimate a recipe's memory: its model paths need not exist here
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -281,6 +282,8 @@ def check_stage(cfg: Any, stage: str) -> None:
     """Every check that applies to ``cfg`` (once per config value in a process)."""
     from dataclasses import asdict, is_dataclass
 
+    if stage in PLANNING_STAGES:  # reads a recipe, loads nothing
+        return
     memo = f"{stage}:{json.dumps(asdict(cfg), sort_keys=True, default=str)}" if is_dataclass(cfg) else None
     if memo is not None and memo in _checked:
         return

@@ -149,6 +149,26 @@ class CostModelConfig(ScoreModelConfig):
 
 
 @dataclass(kw_only=True)
+class PlanOptions:
+    """The ``plan:`` section of an RL recipe: read by ``saferlhf plan`` only (training ignores it)."""
+
+    model: str | None = option(
+        None, help="policy architecture for the estimate: a known name or a folder with config.json "
+                   "(null: the policy path)")
+    score_model: str | None = option(
+        None, help="reward/cost model architecture (null: the reward model folder if it exists, else the policy's)")
+    strategy: Literal["ddp", "fsdp", "zero2", "zero3", "zero3-offload"] = option(
+        "zero3", help="the accelerate config the recipe is launched with")
+    gpus: int = option(8, ge=1, help="GPUs the recipe is launched on")
+    gpu_mem: float = option(80.0, gt=0, help="memory per GPU in GB")
+    prompt_length: int = option(512, ge=1, help="longest prompt in tokens (sequence = prompt + max_new_tokens)")
+    micro_batch_size: int | None = option(
+        None, help="sequences per training forward/backward (null: mini_batch_size)")
+    critic_lora_r: int = option(0, ge=0, help="LoRA rank of the critics (0: full fine-tuning)")
+    overhead_gb: float = option(3.0, ge=0, help="fixed per-GPU overhead: CUDA context, allocator fragmentation")
+
+
+@dataclass(kw_only=True)
 class RLConfig:
     """Safe RLHF: one PPO-family loop; the algorithm picks the advantage combiner.
 
@@ -233,7 +253,10 @@ class RLConfig:
     log_every: int = option(10, ge=1, help="console log every N iterations")
     report_to: Literal["none", "tensorboard", "wandb"] = option("none", help="extra metrics sink")
     progress: bool = option(True, help="show a progress bar")
-    backend: Literal["hf"] = option("hf", help="rollout backend (vllm arrives with its issue)")
+    backend: Literal["hf", "vllm"] = option(
+        "hf", help="rollout backend: hf (generate; CPU or GPU) or vllm (colocated engine; needs a CUDA GPU "
+                   "and `pip install saferlhf[vllm]`)")
+    plan: PlanOptions = dataclasses.field(default_factory=lambda: PlanOptions())
 
     def __post_init__(self) -> None:
         # One setting, two spellings: ``budget`` (the CLI contract) and ``lagrange.budget``.
@@ -256,6 +279,7 @@ class RLConfig:
     def validate(self) -> None:
         if self.resume and self.overwrite:
             raise ConfigError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+        self.validate_environment()
         _check_vlm_parts("actor_freeze", self.actor_freeze)
         _check_vlm_parts("critic_freeze", self.critic_freeze)
         self.multiplier_config().validate()
@@ -267,6 +291,39 @@ class RLConfig:
                 f"multiple of mini_batch_size = {self.mini_batch_size}")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 for RL (log-probs are taken at it)")
+
+    def validate_environment(self) -> None:
+        """Fail before any model is loaded when the rollout backend cannot run here."""
+        if self.backend == "vllm":
+            from saferlhf.rollout.vllm import check_vllm_available
+
+            check_vllm_available()
+
+
+@dataclass(kw_only=True)
+class PlanConfig(RLConfig):
+    """``saferlhf plan --config RECIPE.yaml --gpus N --gpu-mem GB``: per-GPU memory of every model of
+    the recipe's RL run under a strategy, and whether it fits. The flags override the recipe's
+    ``plan:`` section."""
+
+    gpus: int | None = option(None, help="GPUs (default: plan.gpus of the recipe)")
+    gpu_mem: float | None = option(None, help="memory per GPU in GB (default: plan.gpu_mem)")
+    strategy: Literal["ddp", "fsdp", "zero2", "zero3", "zero3-offload"] | None = option(
+        None, help="sharding strategy (configs/accelerate/<strategy>.yaml; default: plan.strategy)")
+    model: str | None = option(
+        None, help="policy architecture: a known name (qwen2.5-0.5b, qwen2.5-7b, llama-3.1-8b, llava-1.5-7b, "
+                   "qwen2-vl-7b) or a folder with config.json (default: plan.model, else the policy path)")
+    json_out: str | None = option(None, help="also write the plan as JSON to this file")
+
+    def validate_environment(self) -> None:
+        """Planning runs anywhere: the backend is only sized, not started."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gpus is not None and self.gpus < 1:
+            raise ConfigError("--gpus must be >= 1")
+        if self.gpu_mem is not None and self.gpu_mem <= 0:
+            raise ConfigError("--gpu-mem must be > 0 (GB per GPU)")
 
 
 @dataclass(kw_only=True)

@@ -31,12 +31,16 @@ def load_template(path: str | os.PathLike, tokenizer) -> Template:
 
 
 def save_policy(model: nn.Module, tokenizer, out: str | os.PathLike, *, template: Template,
-                merge_lora: bool = True, meta: dict[str, Any] | None = None) -> Path:
+                merge_lora: bool = True, meta: dict[str, Any] | None = None,
+                state_dict: dict[str, Any] | None = None) -> Path:
     """Save a (possibly LoRA) causal LM as a self-contained ``save_pretrained`` folder.
 
     With ``merge_lora`` a peft model is merged into a copy of its base first, so the folder
     loads with ``AutoModelForCausalLM.from_pretrained`` alone; otherwise the adapter is saved.
-    Writes into ``out`` (which may already hold logs) atomically: temporary folder, then move.
+    ``state_dict``: the full weights gathered from a sharded model (FSDP / ZeRO-3,
+    :func:`saferlhf.distributed.full_state_dict_if_sharded`), written instead of the local
+    (sharded) parameters. Writes into ``out`` (which may already hold logs) atomically:
+    temporary folder, then move.
     """
     from saferlhf.models.loading import is_peft_model, unwrap_model
     from saferlhf.io import atomic_files
@@ -44,8 +48,13 @@ def save_policy(model: nn.Module, tokenizer, out: str | os.PathLike, *, template
     model = unwrap_model(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if state_dict is not None and is_peft_model(model):
+        raise ValueError("save_policy(state_dict=...) of a LoRA policy trained sharded is not supported yet: "
+                         "train LoRA policies under ddp/zero2, or save the adapter from the checkpoint")
     with atomic_files(out) as tmp:
-        if is_peft_model(model) and merge_lora:
+        if state_dict is not None:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        elif is_peft_model(model) and merge_lora:
             import copy
 
             merged = copy.deepcopy(model).merge_and_unload()

@@ -49,6 +49,11 @@ def make_accelerator(precision: str = "auto", *, grad_accum: int = 1, cpu: bool 
     else:
         mixed = {"fp32": "no", "bf16": "bf16"}[precision]
     kwargs: dict[str, Any] = {"mixed_precision": mixed, "gradient_accumulation_steps": grad_accum}
+    if cpu is None:
+        # torchrun on a machine without GPUs: join the processes with gloo (saferlhf.distributed).
+        from saferlhf.distributed import cpu_multiprocess_launch
+
+        cpu = cpu_multiprocess_launch()
     if cpu:
         kwargs["cpu"] = True
     return Accelerator(**kwargs)

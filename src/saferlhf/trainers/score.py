@@ -30,6 +30,7 @@ from saferlhf.config import ConfigError
 from saferlhf.config.stages import CostModelConfig, RewardModelConfig, ScoreModelConfig
 from saferlhf.data.collate import pad_sequences
 from saferlhf.data.templates import Template
+from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.eval.score_eval import score_pairs, summarize_scores
 from saferlhf.io import atomic_files
 from saferlhf.models.checkpoint import load_template
@@ -319,9 +320,11 @@ class ScoreModelTrainer:
         out = Path(output_dir or self.args.out)
         acc = self.accelerator
         acc.wait_for_everyone()
+        full = full_state_dict_if_sharded(acc, self.model)  # FSDP / ZeRO-3: gathered on every rank
         if acc.is_main_process:
             with atomic_files(out) as tmp:
-                acc.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.processor, merge_lora=True)
+                acc.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.processor, merge_lora=True,
+                                                             state_dict=full)
         return out
 
 

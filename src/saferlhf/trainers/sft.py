@@ -25,6 +25,7 @@ import torch
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import SFTConfig
 from saferlhf.data.templates import template_for
+from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.losses import sft_loss
 from saferlhf.models.checkpoint import load_template, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
@@ -186,12 +187,13 @@ class SFTTrainer:
         out = Path(output_dir or self.args.out)
         acc = self.accelerator
         acc.wait_for_everyone()
+        full = full_state_dict_if_sharded(acc, self.model)  # FSDP / ZeRO-3: gathered on every rank
         if acc.is_main_process:
             extra = {} if self.result is None else {"steps": self.result.steps,
                                                     "final_metrics": self.result.final_metrics,
                                                     "eval_metrics": self.result.eval_metrics}
             save_policy(acc.unwrap_model(self.model), self.processor, out, template=self.template,
-                        meta={**self.meta, **extra})
+                        meta={**self.meta, **extra}, state_dict=full)
         return out
 
 

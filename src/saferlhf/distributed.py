@@ -1,0 +1,294 @@
+"""Sharded training pieces the trainers share: launch detection, DeepSpeed per-model configs,
+collective checkpoints and gathered final saves.
+
+Strategies (``configs/accelerate/<name>.yaml``)::
+
+    ddp            full replicas everywhere
+    fsdp           FSDP2 full shard, one unit per decoder layer
+    zero2          DeepSpeed ZeRO-2: optimiser states and gradients sharded
+    zero3          DeepSpeed ZeRO-3: parameters, gradients and optimiser states sharded
+    zero3-offload  ZeRO-3 with parameters and optimiser states in host memory
+
+RL under DeepSpeed. ``Accelerator.prepare`` refuses several models at once under DeepSpeed
+(one engine per ``prepare`` call), so RL builds one :class:`accelerate.utils.DeepSpeedPlugin`
+per model (:func:`rl_deepspeed_plugins`): trained models (policy, critics) get a training
+engine of the chosen stage; frozen models (reference, reward and cost models) get an
+inference config (ZeRO-3 sharded under zero3*, plain bf16 replicas under zero2). The trainer
+passes the dict as ``Accelerator(deepspeed_plugins=...)`` and prepares each model on its own
+with :func:`prepare_models`, which selects the model's plugin first. ``accelerator.backward``
+drives only the engine prepared last, so the trainers step each trained engine through
+:func:`backward_step` (``engine.backward`` / ``engine.step``) instead.
+
+CPU launches. ``accelerate launch`` with ``ddp.yaml`` / ``fsdp.yaml`` on a machine without a
+GPU starts the processes with torchrun but accelerate then sees no device backend and
+configures each process as a separate single-process run (``DistributedType.NO``), each
+training alone and all writing the same files. :func:`cpu_multiprocess_launch` detects that
+case so :func:`saferlhf.trainers.common.make_accelerator` asks for ``cpu=True``, which makes
+accelerate use gloo (``MULTI_CPU``, data parallel). accelerate 1.15/1.16 enables FSDP only for
+accelerator device types (its ``AcceleratorState`` list has no ``MULTI_CPU``), so on CPU the
+FSDP config runs as gloo data parallelism; docs/scale.md says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3", "zero3-offload")
+Strategy = Literal["ddp", "fsdp", "zero2", "zero3", "zero3-offload"]
+
+# The roles of a PPO-Lag run and whether each is trained.
+RL_MODEL_ROLES: dict[str, bool] = {
+    "policy": True,
+    "reward_critic": True,
+    "cost_critic": True,
+    "reference": False,
+    "reward_model": False,
+    "cost_model": False,
+}
+
+
+def accelerate_config_path(strategy: str) -> Path:
+    """``configs/accelerate/<strategy>.yaml`` of this checkout."""
+    if strategy not in STRATEGIES:
+        from saferlhf.config import ConfigError
+
+        raise ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    return Path(__file__).resolve().parents[2] / "configs" / "accelerate" / f"{strategy}.yaml"
+
+
+def strategy_of_accelerate_config(data: Mapping[str, Any]) -> Strategy:
+    """The strategy an accelerate config file (its parsed YAML) describes."""
+    kind = str(data.get("distributed_type", "NO")).upper()
+    if kind == "FSDP":
+        return "fsdp"
+    if kind == "DEEPSPEED":
+        ds = data.get("deepspeed_config") or {}
+        stage = int(ds.get("zero_stage", 2))
+        offload = any(str(ds.get(k, "none")).lower() not in {"none", ""}
+                      for k in ("offload_optimizer_device", "offload_param_device"))
+        if stage == 3:
+            return "zero3-offload" if offload else "zero3"
+        return "zero2"
+    return "ddp"
+
+
+# ----------------------------------------------------------------------------- launch detection
+def cpu_multiprocess_launch(env: Mapping[str, str] | None = None, *, cuda_available: bool | None = None) -> bool:
+    """True when a launcher started several processes (``WORLD_SIZE`` > 1) on a machine without
+    CUDA: accelerate must then be told ``cpu=True`` to join them with gloo (module docstring)."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    if world <= 1:
+        return False
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return not cuda_available
+
+
+# ----------------------------------------------------------------------------- DeepSpeed configs
+def deepspeed_config(
+    strategy: str,
+    *,
+    train: bool,
+    micro_batch_size: int | str = "auto",
+    grad_accum: int = 1,
+    gradient_clipping: float = 1.0,
+    precision: str = "bf16",
+) -> dict[str, Any]:
+    """The DeepSpeed config dict of one model under ``strategy`` (zero2 | zero3 | zero3-offload).
+
+    train=False: an inference engine (no optimiser): ZeRO-3 shards the frozen weights under
+    zero3*; under zero2 frozen models are plain bf16 replicas (stage 0).
+    """
+    if strategy not in {"zero2", "zero3", "zero3-offload"}:
+        raise ValueError(f"deepspeed_config: strategy {strategy!r} is not a DeepSpeed strategy")
+    stage = 3 if strategy.startswith("zero3") else 2
+    if not train and stage == 2:
+        stage = 0
+    zero: dict[str, Any] = {"stage": stage}
+    if stage == 3:
+        zero.update({
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        })
+        if strategy == "zero3-offload":
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+            if train:
+                zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    elif stage == 2:
+        zero.update({"overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"})
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum if train else 1,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision in {"bf16", "auto"}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if train:
+        cfg["gradient_clipping"] = float(gradient_clipping)
+    return cfg
+
+
+def rl_deepspeed_configs(
+    strategy: str,
+    *,
+    roles: Mapping[str, bool] | None = None,
+    micro_batch_size: int = 1,
+    gradient_clipping: float = 1.0,
+    precision: str = "bf16",
+) -> dict[str, dict[str, Any]]:
+    """One DeepSpeed config per RL model: ``{role: config}`` (trained roles first, the policy
+    first of all, since accelerate activates the first plugin of the dict)."""
+    roles = dict(RL_MODEL_ROLES if roles is None else roles)
+    order = sorted(roles, key=lambda r: (not roles[r], r != "policy"))
+    return {
+        r: deepspeed_config(strategy, train=roles[r], micro_batch_size=micro_batch_size,
+                            gradient_clipping=gradient_clipping, precision=precision)
+        for r in order
+    }
+
+
+def rl_deepspeed_plugins(strategy: str, **kwargs) -> dict[str, Any]:
+    """``{role: accelerate.utils.DeepSpeedPlugin}`` for ``Accelerator(deepspeed_plugins=...)``
+    (building the plugins needs accelerate only; the Accelerator then needs deepspeed)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    return {role: DeepSpeedPlugin(hf_ds_config=cfg)
+            for role, cfg in rl_deepspeed_configs(strategy, **kwargs).items()}
+
+
+def is_deepspeed(accelerator: Any) -> bool:
+    return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
+
+
+def prepare_models(accelerator: Any, models: Mapping[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """Prepare ``{role: (model, optimizer or None)}``. Under DeepSpeed each model is prepared on
+    its own after selecting its plugin (``accelerator.state.select_deepspeed_plugin(role)``);
+    otherwise all in one call. Returns ``{role: (prepared model, prepared optimizer or None)}``."""
+    out: dict[str, tuple[Any, Any]] = {}
+    if is_deepspeed(accelerator):
+        for role, (model, opt) in models.items():
+            if getattr(accelerator.state, "deepspeed_plugins", None):
+                accelerator.state.select_deepspeed_plugin(role)
+            if opt is None:
+                out[role] = (accelerator.prepare(model), None)
+            else:
+                m, o = accelerator.prepare(model, opt)
+                out[role] = (m, o)
+        return out
+    flat: list[Any] = []
+    for model, opt in models.values():
+        flat.append(model)
+        if opt is not None:
+            flat.append(opt)
+    prepared = list(accelerator.prepare(*flat)) if len(flat) > 1 else [accelerator.prepare(*flat)]
+    for role, (_, opt) in models.items():
+        m = prepared.pop(0)
+        o = prepared.pop(0) if opt is not None else None
+        out[role] = (m, o)
+    return out
+
+
+def backward_step(accelerator: Any, model: Any, optimizer: Any, loss: Any, *, max_grad_norm: float = 0.0) -> None:
+    """One backward + optimiser step of ``model``. A DeepSpeed engine does both itself (its
+    clipping is the config's ``gradient_clipping``); otherwise accelerate's backward, clipping
+    and ``optimizer.step``."""
+    if hasattr(model, "backward") and hasattr(model, "step") and is_deepspeed(accelerator):
+        model.backward(loss)
+        model.step()
+        return
+    accelerator.backward(loss)
+    if max_grad_norm and max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------- saving
+def gathered_state_dict(accelerator: Any, model: Any) -> dict[str, Any]:
+    """The full state dict of a prepared model, gathered from every shard (FSDP / ZeRO-3).
+
+    Collective: every process must call it. Only the main process's copy is complete under
+    FSDP full-state gathering (others may be empty)."""
+    return accelerator.get_state_dict(model)
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """Parameters are sharded across processes (FSDP, or DeepSpeed ZeRO-3)."""
+    kind = str(getattr(accelerator, "distributed_type", ""))
+    if kind.endswith("FSDP"):
+        return True
+    if kind.endswith("DEEPSPEED"):
+        plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+        return plugin is not None and int(getattr(plugin, "zero_stage", 0)) == 3
+    return False
+
+
+def full_state_dict_if_sharded(accelerator: Any, model: Any) -> dict[str, Any] | None:
+    """The gathered full state dict when ``model`` is sharded, else ``None`` (the local module
+    already holds full weights). Collective when sharded: call it on every process."""
+    if not is_sharded(accelerator):
+        return None
+    return gathered_state_dict(accelerator, model)
+
+
+def save_pretrained_gathered(
+    accelerator: Any,
+    model: Any,
+    save: Callable[[Any, dict[str, Any]], None],
+) -> None:
+    """Gather ``model``'s weights on every process, then call ``save(unwrapped, state_dict)`` on
+    the main process only (e.g. ``lambda m, sd: m.save_pretrained(tmp, state_dict=sd)``).
+    Collective; the barrier at the end keeps ranks from reading a half-written folder."""
+    state = gathered_state_dict(accelerator, model)
+    if accelerator.is_main_process:
+        save(accelerator.unwrap_model(model), state)
+    accelerator.wait_for_everyone()
+
+
+def save_state_collective(
+    accelerator: Any,
+    final: str | os.PathLike,
+    *,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """``accelerator.save_state`` into ``final`` on every process (sharded optimiser and model
+    states need every rank), atomically: all ranks write ``.tmp-<name>``; the main process
+    then writes ``write_extra(tmp)`` (e.g. trainer counters), the ``COMPLETE`` marker, and
+    renames. A run killed mid-save leaves only the temporary folder."""
+    import time
+
+    from saferlhf.io import COMPLETE_MARKER
+
+    final = Path(final)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if write_extra is not None:
+            write_extra(tmp)
+        (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,108 @@
+"""Two CPU processes under ``accelerate launch --config_file configs/accelerate/fsdp.yaml``.
+
+On a machine without GPUs accelerate 1.15/1.16 does not enable FSDP (its FSDP switch covers
+accelerator devices only); :func:`saferlhf.distributed.cpu_multiprocess_launch` makes the
+trainers join the two processes with gloo instead (data parallel), so the contract command
+line runs as one 2-process job rather than two independent runs writing the same files.
+These tests check that: one metrics record per step, epochs advancing at the 2-process rate,
+checkpoints that resume, and final folders that ``from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saferlhf.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDP = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP), "--num_processes", "2",
+           "--main_process_port", str(_port()), "-m", "saferlhf.cli", *args]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fsdp_cpu")
+    assert main(["world", "generate", "--out", str(root / "world"), "--n-sft", "64", "--n-pairs-train", "64",
+                 "--n-pairs-eval", "16", "--n-prompts-train", "32", "--n-eval-benign", "8",
+                 "--n-eval-harmful", "8"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def sft(world) -> Path:
+    out = world / "sft"
+    launch("sft", "--model", "tiny", "--tokenizer", str(world / "world/tokenizer"), "--data",
+           str(world / "world/sft.jsonl"), "--out", str(out), "--max-steps", "4", "--batch-size", "8",
+           "--save-every", "2", "--progress", "false")
+    return out
+
+
+def test_sft_two_processes(sft):
+    from transformers import AutoModelForCausalLM
+
+    records = [json.loads(line) for line in (sft / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # one writer
+    # 64 examples, 8 per process per step, 2 processes: a quarter of an epoch per step
+    assert records[0]["train/epoch"] == pytest.approx(0.25)
+    assert (sft / "COMPLETE").is_file() and (sft / "checkpoints/step-2/COMPLETE").is_file()
+    model = AutoModelForCausalLM.from_pretrained(sft)
+    assert model.config.num_hidden_layers == 2
+
+
+def test_reward_model_two_processes(world, sft):
+    from saferlhf.models.score_model import ScoreModel
+
+    out = world / "rm"
+    launch("reward-model", "--model", str(sft), "--data", str(world / "world/pairs_train.jsonl"), "--out",
+           str(out), "--max-steps", "2", "--batch-size", "8", "--progress", "false")
+    assert steps(out / "metrics.jsonl") == [1, 2]
+    assert ScoreModel.from_pretrained(str(out)) is not None
+
+
+@pytest.mark.slow
+def test_ppo_lag_two_processes_resumes(world, sft):
+    from transformers import AutoModelForCausalLM
+
+    rm = world / "rm_inproc"
+    for stage, out in (("reward-model", rm), ("cost-model", world / "cm")):
+        assert main([stage, "--model", str(sft), "--data", str(world / "world/pairs_train.jsonl"), "--out",
+                     str(out), "--max-steps", "1", "--batch-size", "8", "--progress", "false"]) == 0
+    out = world / "rl"
+    common = ["rl", "--algo", "ppo_lag", "--policy", str(sft), "--reward-model", str(rm), "--cost-model",
+              str(world / "cm"), "--prompts", str(world / "world/prompts_train.jsonl"), "--out", str(out),
+              "--rollout-batch-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "6",
+              "--save-every", "1", "--progress", "false"]
+    launch(*common, "--iterations", "2")  # checkpoints step 1 (the last iteration is not checkpointed)
+    assert steps(out / "metrics.jsonl") == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]
+    # resumes from step 1: step 2 is logged again (its first record dropped), then step 3
+    launch(*common, "--iterations", "3", "--resume")
+    assert steps(out / "metrics.jsonl") == [1, 2, 3]
+    assert (out / "checkpoints/step-2/COMPLETE").is_file()
+    AutoModelForCausalLM.from_pretrained(out / "policy")
