@@ -79,7 +79,8 @@ def _run_guard_stage(world_dir, policy_dir, out_dir, *, steps, seed, rounds, sev
         world_round_metrics,
     )
     from saferlhf.guard.model import Guard
-    from saferlhf.guard.train import _jsonable, stratified_split, train_guard
+    from saferlhf.io import jsonable
+    from saferlhf.trainers.guard import stratified_split, train_guard
 
     t0 = time.perf_counter()
     world_dir, out = Path(world_dir), Path(out_dir)
@@ -142,9 +143,9 @@ def _run_guard_stage(world_dir, policy_dir, out_dir, *, steps, seed, rounds, sev
         "seed": seed,
         "steps": steps,
     }
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
     with (out / "responses.jsonl").open("w") as f:
         for i, p in enumerate(prompts):
             f.write(json.dumps({"prompt": p, "response": result.responses[i], "kept_round": result.kept_round[i],
                                 "fallback": result.fell_back[i], "history": result.history[i]}) + "\n")
-    return _jsonable(summary)
+    return jsonable(summary)

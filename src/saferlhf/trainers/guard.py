@@ -44,7 +44,7 @@ from saferlhf.data.schema import (
     GuardRecord,
 )
 from saferlhf.guard.config import GuardTrainConfig
-from saferlhf.guard.losses import GuardLabels, balanced_weights, guard_loss
+from saferlhf.guard.losses import GuardLabels, balanced_weights, build_labels, guard_loss
 from saferlhf.guard.model import (
     Guard,
     GuardConfig,
@@ -84,31 +84,6 @@ def resolve_taxonomy(records: Sequence[GuardRecord], choice: str = "auto") -> tu
         if names <= set(cats):
             return name, list(cats)
     return "custom", sorted(names)
-
-
-def build_labels(records: Sequence[GuardRecord], categories: Sequence[str]) -> GuardLabels:
-    """Label tensors and masks for ``records`` (rules in the module docstring)."""
-    n, k = len(records), len(categories)
-    index = {c: i for i, c in enumerate(categories)}
-    source_has_categories = any(r.categories for r in records)
-    unsafe = torch.tensor([0.0 if r.safe else 1.0 for r in records])
-    sev = torch.tensor([r.severity if r.severity is not None else 0 for r in records], dtype=torch.long)
-    sev_mask = torch.tensor([1.0 if r.severity is not None else 0.0 for r in records])
-    cats = torch.zeros((n, k))
-    cmask = torch.zeros((n, k))
-    for i, r in enumerate(records):
-        for c in r.categories:
-            if c in index:
-                cats[i, index[c]] = 1.0
-        scope = r.metadata.get("category_scope")
-        if scope is not None:
-            for c in scope:
-                if c in index:
-                    cmask[i, index[c]] = 1.0
-        elif source_has_categories:
-            cmask[i] = 1.0
-    return GuardLabels(unsafe=unsafe, unsafe_mask=torch.ones(n), severity=sev, severity_mask=sev_mask,
-                       categories=cats, category_mask=cmask)
 
 
 def _select(labels: GuardLabels, idx: Sequence[int]) -> GuardLabels:
@@ -311,7 +286,7 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
     written to ``OUT/train_summary.json``).
     """
     from saferlhf.eval.guard_eval import evaluate_guard_records, guard_logits
-    from saferlhf.io import atomic_files
+    from saferlhf.io import atomic_files, jsonable
     from saferlhf.trainers.common import make_accelerator, seed_everything
     from saferlhf.trainers.loop import run_supervised_loop
 
@@ -402,7 +377,7 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
     if accelerator.is_main_process:
         with atomic_files(cfg.out) as tmp:
             final.save_pretrained(tmp, tokenizer=tokenizer)
-            (tmp / "train_summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+            (tmp / "train_summary.json").write_text(json.dumps(jsonable(summary), indent=2))
             (tmp / "guard_train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
             for name, recs in splits.items():
                 if name != "train" and recs and cfg.preset != "none":
@@ -427,18 +402,6 @@ def _write_records(path: Path, records: Sequence[GuardRecord]) -> None:
                         "source": r.source})
             row.update({k: v for k, v in r.metadata.items() if isinstance(v, (str, int, float, bool))})
             f.write(json.dumps(row) + "\n")
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def run_guard_train(cfg: GuardTrainConfig) -> dict[str, Any]:
