@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from saferlhf.data.adapters.loading import LoadResult, load_guard_records, load_pairs
+from saferlhf.data.adapters.loading import LoadResult, as_guard_records, as_pairs, read_records
 from saferlhf.data.mixing import sample_indices
 from saferlhf.data.schema import BEAVERTAILS_V_CATEGORIES
 from saferlhf.data.validation import DataError, LoadReport
@@ -162,7 +162,11 @@ def load_beavertails_v(
     load_options.pop("config", None)
     fmt = load_options.pop("format", "auto")
     load_options["format"] = _FORMAT_OF_KIND[kind] if fmt in (None, "auto") else fmt
-    loader = load_pairs if kind == "pairs" else load_guard_records
+    as_kind = as_pairs if kind == "pairs" else as_guard_records
+
+    def loader(src: Any, **options: Any) -> LoadResult:
+        return as_kind(read_records(src, **options))
+
     configs = _configs(categories)
 
     folder = _local_folder(source)

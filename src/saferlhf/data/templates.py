@@ -12,6 +12,8 @@ and response are tokenised separately and concatenated, so the boundary is a tok
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -101,3 +103,44 @@ def encode_prompt_response(
             )
         ids = ids[:max_length]
     return ids, len(p)
+
+
+def encode_prompt_responses(tokenizer, template, prompts: Sequence, responses: Sequence[str], *,
+                            max_length: int | None = None) -> list[tuple[list[int], int]]:
+    """Batched :func:`encode_prompt_response`: the same ids, faster.
+
+    Each distinct prompt is rendered and tokenised once, and the texts go to the tokenizer in
+    one call (the fast tokenizers encode a list in Rust), so thousands of pairs encode in a
+    fraction of a second. The result equals ``[encode_prompt_response(...) for ...]``: the prompt
+    and ``template.response_prefix + response`` are tokenised separately (no special tokens),
+    EOS is appended and a too-long sequence loses the end of its response.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
+    unique: dict[str, int] = {}
+    first: list = []
+    for k, p in zip(keys, prompts):
+        if k not in unique:
+            unique[k] = len(first)
+            first.append(p)
+    try:
+        texts = [template.render(tokenizer, p) for p in first]
+        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        resp_ids = tokenizer([template.response_prefix + r for r in responses],
+                             add_special_tokens=False)["input_ids"] if responses else []
+    except (TypeError, ValueError):  # a tokenizer without batch encoding: one at a time
+        prompt_ids = [encode_prompt(tokenizer, template, p) for p in first]
+        resp_ids = [encode_response(tokenizer, template, r, add_eos=False) for r in responses]
+    eos = tokenizer.eos_token_id
+    out = []
+    for k, r in zip(keys, resp_ids):
+        p = prompt_ids[unique[k]]
+        ids = list(p) + list(r) + ([eos] if eos is not None else [])
+        if max_length is not None and len(ids) > max_length:
+            if len(p) >= max_length:
+                raise ValueError(f"prompt is {len(p)} tokens, longer than max_length={max_length}; "
+                                 "raise max_length or shorten the prompt")
+            ids = ids[:max_length]
+        out.append((ids, len(p)))
+    return out

@@ -16,13 +16,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,93 +27,9 @@ import numpy as np
 import torch
 
 from saferlhf.data.collate import pad_sequences
-from saferlhf.data.templates import Template
+from saferlhf.data.templates import Template, encode_prompt_responses
 from saferlhf.losses import auroc
-
-# Models below this many parameters run a step faster on one intra-op thread: their matrices
-# are too small to split, and on a shared machine a second thread that waits for a busy core
-# slows every step down many times over (measured on 2 cores under load: 0.46 M parameters,
-# 32 sequences x 32 tokens, 62 ms CPU per step on 1 thread vs 360-1000 ms on 2).
-SMALL_MODEL_PARAMS = 5_000_000
-THREADS_ENV = "SAFERLHF_NUM_THREADS"
-
-
-def threads_for(model: torch.nn.Module | None, device: torch.device | str | None = None) -> int | None:
-    """Intra-op threads for training/scoring ``model`` on the CPU (None: leave torch's choice).
-
-    ``SAFERLHF_NUM_THREADS`` wins; an explicit ``OMP_NUM_THREADS`` is respected (None); a model
-    under :data:`SMALL_MODEL_PARAMS` parameters on the CPU gets 1 thread.
-    """
-    env = os.environ.get(THREADS_ENV)
-    if env:
-        return max(1, int(env))
-    if os.environ.get("OMP_NUM_THREADS") or model is None:
-        return None
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else "cpu"
-    if torch.device(device).type != "cpu":
-        return None
-    n = sum(p.numel() for p in model.parameters())
-    return 1 if n < SMALL_MODEL_PARAMS else None
-
-
-@contextlib.contextmanager
-def cpu_threads(model: torch.nn.Module | None, device: torch.device | str | None = None) -> Iterator[int]:
-    """Run the block with :func:`threads_for` intra-op threads; the previous count comes back after."""
-    old = torch.get_num_threads()
-    n = threads_for(model, device)
-    if n is not None and n != old:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
-
-
-def encode_prompt_responses(tokenizer, template, prompts: Sequence, responses: Sequence[str], *,
-                            max_length: int | None = None) -> list[tuple[list[int], int]]:
-    """Batched :func:`saferlhf.data.templates.encode_prompt_response`: the same ids, faster.
-
-    Each distinct prompt is rendered and tokenised once, and the texts go to the tokenizer in
-    one call (the fast tokenizers encode a list in Rust), so thousands of pairs encode in a
-    fraction of a second. The result equals ``[encode_prompt_response(...) for ...]``: the prompt
-    and ``template.response_prefix + response`` are tokenised separately (no special tokens),
-    EOS is appended and a too-long sequence loses the end of its response.
-    """
-    from saferlhf.data.templates import encode_prompt, encode_response
-
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
-    unique: dict[str, int] = {}
-    first: list = []
-    for k, p in zip(keys, prompts):
-        if k not in unique:
-            unique[k] = len(first)
-            first.append(p)
-    try:
-        texts = [template.render(tokenizer, p) for p in first]
-        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        resp_ids = tokenizer([template.response_prefix + r for r in responses],
-                             add_special_tokens=False)["input_ids"] if responses else []
-    except (TypeError, ValueError):  # a tokenizer without batch encoding: one at a time
-        prompt_ids = [encode_prompt(tokenizer, template, p) for p in first]
-        resp_ids = [encode_response(tokenizer, template, r, add_eos=False) for r in responses]
-    eos = tokenizer.eos_token_id
-    out = []
-    for k, r in zip(keys, resp_ids):
-        p = prompt_ids[unique[k]]
-        ids = list(p) + list(r) + ([eos] if eos is not None else [])
-        if max_length is not None and len(ids) > max_length:
-            if len(p) >= max_length:
-                raise ValueError(f"prompt is {len(p)} tokens, longer than max_length={max_length}; "
-                                 "raise max_length or shorten the prompt")
-            ids = ids[:max_length]
-        out.append((ids, len(p)))
-    return out
-
+from saferlhf.runtime import cpu_threads
 
 @torch.inference_mode()
 def score_texts(model, tokenizer, template: Template, prompts: list, responses: list[str], *,

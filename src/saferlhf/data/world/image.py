@@ -61,13 +61,12 @@ from saferlhf.data.world.generate import (
     _write_jsonl,
     label_pair,
     pair_stats,
-    sample_response,
-    sample_type,
     sft_stats,
     two_different_responses,
 )
 from saferlhf.data.world.language import default_spec, vocabulary
 from saferlhf.data.world.oracles import Analysis, PromptInfo, World
+from saferlhf.data.world.responses import sample_response, sample_type
 
 IMAGE_WORLD_VERSION = "1"
 
@@ -587,7 +586,7 @@ def _make_prompts(rng: random.Random, world: ImageWorld, objects: list[str], spl
 
 
 class _ResponseView:
-    """What :func:`~saferlhf.data.world.generate.sample_response` reads of a world (spec, rules,
+    """What :func:`~saferlhf.data.world.responses.sample_response` reads of a world (spec, rules,
     topics), with ``topics`` limited for ``off_topic`` answers: the world's harmless objects
     (else any harmless topic) that share no step with the request's object. Without the limit a
     twin could be drawn, and its "off-topic" steps are exactly the object's own."""
@@ -721,8 +720,8 @@ def generate_image_world(
     _write_jsonl(out / "pairs_eval.jsonl", pairs_eval)
     vocab = world.vocabulary
     if write_tokenizer:
-        from saferlhf.models.tiny import build_word_level_tokenizer
-        from saferlhf.models.tiny_vlm import vlm_tokenizer
+        from saferlhf.data.tokenizers import build_word_level_tokenizer
+        from saferlhf.data.tokenizers import vlm_tokenizer
 
         vlm_tokenizer(build_word_level_tokenizer(vocab)).save_pretrained(str(out / "tokenizer"))
 

@@ -294,7 +294,7 @@ class World:
 
     def demonstrator(self, seed: int = 0, mix: dict[str, dict[str, float]] | None = None):
         """The stochastic response generator of the SFT data / preference pairs, as a sampler."""
-        from saferlhf.data.world.generate import DemonstratorPolicy
+        from saferlhf.data.world.responses import DemonstratorPolicy
 
         return DemonstratorPolicy(self, seed=seed, mix=mix)
 
