@@ -11,8 +11,7 @@ BeaverTails-V merged, :mod:`saferlhf.data.beavertails_v`). Reading one plain sou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from saferlhf.data.adapters.loading import (
@@ -28,24 +27,11 @@ from saferlhf.data.mixing import MixSource, mix, parse_mix_spec
 from saferlhf.data.schema import GuardRecord, PreferencePair, PromptRecord, Record, SFTRecord
 
 
-def load_records(
-    source: Any,
-    *,
-    format: str = "auto",
-    split: str | None = None,
-    config: str | None = None,
-    revision: str | None = None,
-    column_map: Mapping[str, str] | None = None,
-    image_root: str | Path | None = None,
-    on_bad_record: str = "skip",
-    limit: int | None = None,
-    verify_images: bool = True,
-    keep_contradictory_labels: bool = False,
-    chosen_is: str = "better",
-) -> LoadResult[Record]:
+def load_records(source: Any, **options: Any) -> LoadResult[Record]:
     """Load ``source`` into the canonical records of its format.
 
-    source: a .jsonl/.json/.parquet path, a hub id, a ``datasets.Dataset`` or a list of dicts.
+    source: a .jsonl/.json/.parquet path, a hub id, a ``datasets.Dataset``, a list of dicts, or a
+        ``beavertails-v:`` spec. The options (keywords; an unknown one is a ``TypeError``):
     format: ``"auto"``/``"world"`` (from the first record's fields), one of ``format_names()``
         or an alias (``pku``, ``trl``, ...).
     split, config, revision: for hub ids (``datasets.load_dataset``); pin ``revision``.
@@ -61,9 +47,6 @@ def load_records(
     ``beavertails-v:SOURCE?categories=a+b&per_category=N&...`` merges BeaverTails-V's category
     configs with category-balanced sampling (``saferlhf.data.beavertails_v``).
     """
-    options = dict(format=format, split=split, config=config, revision=revision, column_map=column_map,
-                   image_root=image_root, on_bad_record=on_bad_record, limit=limit, verify_images=verify_images,
-                   keep_contradictory_labels=keep_contradictory_labels, chosen_is=chosen_is)
     if is_beavertails_v_spec(source):
         return load_beavertails_v_spec(source, **options)
     return read_records(source, **options)

@@ -13,6 +13,24 @@ from saferlhf.config.stages import CostModelConfig, EvalScoreModelConfig, Reward
 from saferlhf.jobs import Job, run_jobs
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """What every demo sizes: its world, training epochs, RL run and bootstrap."""
+
+    n_sft: int
+    n_pairs_train: int
+    n_pairs_eval: int
+    n_prompts_train: int
+    n_eval_benign: int
+    n_eval_harmful: int
+    sft_epochs: float
+    score_epochs: float
+    rl_iterations: int
+    rollout_batch_size: int
+    mini_batch_size: int
+    n_boot: int
+
+
 class StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}

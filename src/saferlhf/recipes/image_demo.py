@@ -45,37 +45,20 @@ from typing import Any
 
 import torch
 
-from saferlhf.config.stages import (
-    CostModelConfig,
-    DemoConfig,
-    EvalScoreModelConfig,
-    RewardModelConfig,
-    RLConfig,
-    SFTConfig,
-)
+from saferlhf.config.stages import CostModelConfig, DemoConfig, EvalScoreModelConfig, RewardModelConfig
+from saferlhf.config.stages import RLConfig, SFTConfig
 from saferlhf.jobs import Job
-from saferlhf.recipes.common import DemoRun, cm_keys, eval_policy, rl_job, rm_keys, train_and_eval_score_model
+from saferlhf.recipes.common import DemoRun, Sizes, cm_keys, eval_policy, rl_job, rm_keys
+from saferlhf.recipes.common import train_and_eval_score_model
 
 
 @dataclass(frozen=True)
-class ImageDemoSizes:
+class ImageDemoSizes(Sizes):
     """Sizes of one image demo run (``IMAGE_FULL`` by default, ``IMAGE_QUICK`` with ``--quick``)."""
 
     n_twins: int
     n_captions: int
     caption_steps: int
-    n_sft: int
-    n_pairs_train: int
-    n_pairs_eval: int
-    n_prompts_train: int
-    n_eval_benign: int
-    n_eval_harmful: int
-    sft_epochs: float
-    score_epochs: float
-    rl_iterations: int
-    rollout_batch_size: int
-    mini_batch_size: int
-    n_boot: int
 
 
 IMAGE_FULL = ImageDemoSizes(n_twins=3, n_captions=3000, caption_steps=600, n_sft=3000, n_pairs_train=3000, n_pairs_eval=400, n_prompts_train=1000,

@@ -24,35 +24,18 @@ from typing import Any
 
 import torch
 
-from saferlhf.config.stages import (
-    CostModelConfig,
-    DemoConfig,
-    EvalScoreModelConfig,
-    RewardModelConfig,
-    RLConfig,
-    SFTConfig,
-)
+from saferlhf.config.stages import CostModelConfig, DemoConfig, EvalScoreModelConfig, RewardModelConfig
+from saferlhf.config.stages import RLConfig, SFTConfig
 from saferlhf.jobs import Job
-from saferlhf.recipes.common import DemoRun, cm_keys, eval_policy, rl_job, rm_keys, train_and_eval_score_model, train_rl
+from saferlhf.recipes.common import DemoRun, Sizes, cm_keys, eval_policy, rl_job, rm_keys, train_rl
+from saferlhf.recipes.common import train_and_eval_score_model
 
 
 @dataclass(frozen=True)
-class DemoSizes:
+class DemoSizes(Sizes):
     """Sizes of one demo run (``FULL`` for ``make demo``, ``QUICK`` for the test suite)."""
 
-    n_sft: int
-    n_pairs_train: int
-    n_pairs_eval: int
-    n_prompts_train: int
-    n_eval_benign: int
-    n_eval_harmful: int
-    sft_epochs: float
-    score_epochs: float
-    rl_iterations: int
-    rollout_batch_size: int
-    mini_batch_size: int
     new_pairs_per_round: int
-    n_boot: int
     guard_steps: int
 
 

@@ -332,25 +332,49 @@ def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
         f.writelines(json.dumps(r, sort_keys=True, ensure_ascii=True) + "\n" for r in records)
 
 
+def world_sizes(defaults: dict[str, Any], given: dict[str, Any], function: str) -> dict[str, Any]:
+    """The sizes of a world to generate: ``defaults`` updated with ``given`` (an unknown name is
+    a ``TypeError`` listing the known ones)."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"{function}() got unknown size argument(s) {unknown}; the sizes are {list(defaults)}")
+    return {**defaults, **given}
+
+
+def write_world_data(out: Path, data: dict[str, list[dict[str, Any]]]) -> None:
+    """The data files of a world: ``{"prompts_eval": [...], ...}`` → ``out/prompts_eval.jsonl`` …"""
+    for name, records in data.items():
+        _write_jsonl(out / f"{name}.jsonl", records)
+
+
+def data_stats(data: dict[str, list[dict[str, Any]]], sft: dict[str, Any]) -> dict[str, Any]:
+    """The measured statistics of a world's data files (``sft``: its demonstrations' statistics)."""
+    return {
+        "sft": sft,
+        "pairs_train": pair_stats(data["pairs_train"]),
+        "pairs_eval": pair_stats(data["pairs_eval"]),
+        "prompts_train": dict(sorted(Counter(r["prompt_kind"] for r in data["prompts_train"]).items())),
+        "prompts_eval": dict(sorted(Counter(r["prompt_kind"] for r in data["prompts_eval"]).items())),
+    }
+
+
 def generate_world(
     out_dir: str | Path,
     seed: int = 0,
     noise: float = 0.0,
     *,
-    n_sft: int = DEFAULT_SIZES["n_sft"],
-    n_pairs_train: int = DEFAULT_SIZES["n_pairs_train"],
-    n_pairs_eval: int = DEFAULT_SIZES["n_pairs_eval"],
-    n_prompts_train: int = DEFAULT_SIZES["n_prompts_train"],
-    n_eval_benign: int = DEFAULT_SIZES["n_eval_benign"],
-    n_eval_harmful: int = DEFAULT_SIZES["n_eval_harmful"],
-    harmful_fraction: float = DEFAULT_SIZES["harmful_fraction"],
-    dual_use_fraction: float = DEFAULT_SIZES["dual_use_fraction"],
     mix: dict[str, dict[str, float]] | None = None,
     spec: dict[str, Any] | None = None,
     write_tokenizer: bool = True,
+    **sizes: Any,
 ) -> dict[str, Any]:
     """Generate a world into ``out_dir`` (created) and return its ``world.json`` content
-    (without the rule table). Deterministic in (seed, noise, sizes, mix, spec)."""
+    (without the rule table). Deterministic in (seed, noise, sizes, mix, spec).
+
+    ``sizes``: any of :data:`DEFAULT_SIZES` (``n_sft``, ``n_pairs_train``, ``n_pairs_eval``,
+    ``n_prompts_train``, ``n_eval_benign``, ``n_eval_harmful``, ``harmful_fraction``,
+    ``dual_use_fraction``)."""
+    sizes = world_sizes(DEFAULT_SIZES, sizes, "generate_world")
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
     t0 = time.perf_counter()
@@ -359,16 +383,6 @@ def generate_world(
     world = World(copy.deepcopy(spec) if spec is not None else None)
     mix = mix or world.spec["response_mix"]
     world.spec["response_mix"] = mix
-    sizes = {
-        "n_sft": n_sft,
-        "n_pairs_train": n_pairs_train,
-        "n_pairs_eval": n_pairs_eval,
-        "n_prompts_train": n_prompts_train,
-        "n_eval_benign": n_eval_benign,
-        "n_eval_harmful": n_eval_harmful,
-        "harmful_fraction": harmful_fraction,
-        "dual_use_fraction": dual_use_fraction,
-    }
 
     def stream(name: str) -> random.Random:
         return random.Random(f"saferlhf-world-v{VERSION}-{seed}-{name}")
@@ -376,38 +390,27 @@ def generate_world(
     eval_prompts = sample_prompt_set(
         stream("prompts-eval"),
         world,
-        n_benign_side=n_eval_benign,
-        n_harmful=n_eval_harmful,
-        dual_use_fraction=dual_use_fraction,
+        n_benign_side=sizes["n_eval_benign"],
+        n_harmful=sizes["n_eval_harmful"],
+        dual_use_fraction=sizes["dual_use_fraction"],
     )
-    n_train_harmful = round(n_prompts_train * harmful_fraction)
+    n_train_harmful = round(sizes["n_prompts_train"] * sizes["harmful_fraction"])
     train_prompts = sample_prompt_set(
         stream("prompts-train"),
         world,
-        n_benign_side=n_prompts_train - n_train_harmful,
+        n_benign_side=sizes["n_prompts_train"] - n_train_harmful,
         n_harmful=n_train_harmful,
-        dual_use_fraction=dual_use_fraction,
+        dual_use_fraction=sizes["dual_use_fraction"],
         exclude={r["prompt"] for r in eval_prompts},
     )
-    sft = sample_sft(stream("sft"), world, train_prompts, n_sft, mix)
-    pairs_train = sample_pairs(
-        stream("pairs-train"),
-        stream("noise-train"),
-        world,
-        train_prompts,
-        n_pairs_train,
-        noise,
-        mix,
-    )
-    pairs_eval = sample_pairs(
-        stream("pairs-eval"), stream("noise-eval"), world, eval_prompts, n_pairs_eval, noise, mix
-    )
-
-    _write_jsonl(out / "prompts_eval.jsonl", eval_prompts)
-    _write_jsonl(out / "prompts_train.jsonl", train_prompts)
-    _write_jsonl(out / "sft.jsonl", sft)
-    _write_jsonl(out / "pairs_train.jsonl", pairs_train)
-    _write_jsonl(out / "pairs_eval.jsonl", pairs_eval)
+    sft = sample_sft(stream("sft"), world, train_prompts, sizes["n_sft"], mix)
+    pairs_train = sample_pairs(stream("pairs-train"), stream("noise-train"), world, train_prompts,
+                               sizes["n_pairs_train"], noise, mix)
+    pairs_eval = sample_pairs(stream("pairs-eval"), stream("noise-eval"), world, eval_prompts,
+                              sizes["n_pairs_eval"], noise, mix)
+    data = {"prompts_eval": eval_prompts, "prompts_train": train_prompts, "sft": sft,
+            "pairs_train": pairs_train, "pairs_eval": pairs_eval}
+    write_world_data(out, data)
     vocab = world.vocabulary
     if write_tokenizer:
         from saferlhf.data.tokenizers import build_word_level_tokenizer
@@ -423,22 +426,10 @@ def generate_world(
         "vocabulary": vocab,
         "vocabulary_size_with_specials": len(vocab) + 6,
         "n_topics": dict(sorted(Counter(t.kind for t in world.topics).items())),
-        "files": [
-            "sft.jsonl",
-            "pairs_train.jsonl",
-            "pairs_eval.jsonl",
-            "prompts_train.jsonl",
-            "prompts_eval.jsonl",
-            "world.json",
-        ],
+        "files": ["sft.jsonl", "pairs_train.jsonl", "pairs_eval.jsonl", "prompts_train.jsonl",
+                  "prompts_eval.jsonl", "world.json"],
         "tokenizer": "tokenizer" if write_tokenizer else None,
-        "stats": {
-            "sft": sft_stats(world, sft),
-            "pairs_train": pair_stats(pairs_train),
-            "pairs_eval": pair_stats(pairs_eval),
-            "prompts_train": dict(sorted(Counter(r["prompt_kind"] for r in train_prompts).items())),
-            "prompts_eval": dict(sorted(Counter(r["prompt_kind"] for r in eval_prompts).items())),
-        },
+        "stats": data_stats(data, sft_stats(world, sft)),
     }
     (out / "world.json").write_text(
         json.dumps({**meta, "spec": world.spec}, sort_keys=True, indent=1, ensure_ascii=True) + "\n"
