@@ -236,11 +236,9 @@ def _clean(x):
 
 def plot_score_histogram(pairs, sa: np.ndarray, sb: np.ndarray, path: Path, *, title: str) -> Path | None:
     """Histogram of the scores of safe vs unsafe responses (by label)."""
-    import matplotlib
+    from saferlhf.eval.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     safe, unsafe, unknown = [], [], []
     for i, p in enumerate(pairs):
         for which, s in (("a", sa[i]), ("b", sb[i])):
@@ -256,10 +254,7 @@ def plot_score_histogram(pairs, sa: np.ndarray, sb: np.ndarray, path: Path, *, t
     ax.set_ylabel("responses")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def run_eval_score_model(cfg) -> dict[str, Any]:
