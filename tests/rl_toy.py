@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from saferlhf.config.stages import LagrangeOptions, RLConfig
+from saferlhf.config.stages import LagrangeConfig, RLConfig
 from saferlhf.models.tiny import build_word_level_tokenizer, tiny_gpt2, tiny_llama
 
 CONTENT = ["a", "b", "c", "d", "e", "f", "g", "h"]
@@ -102,7 +102,7 @@ def toy_config(policy: Path, prompts: Path, out: Path, **overrides) -> RLConfig:
         "progress": False,
         "log_every": 1000,
         "seed": 0,
-        "lagrange": LagrangeOptions(**{"rule": "log_sgd", "init": 0.5, "lr": 0.1, "max_lambda": 10.0,
+        "lagrange": LagrangeConfig(**{"rule": "log_sgd", "init": 0.5, "lr": 0.1, "max_lambda": 10.0,
                                        "window": 64, **lag}),
     }
     cfg.update(overrides)

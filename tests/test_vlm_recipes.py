@@ -82,7 +82,7 @@ def test_recipe_runs_one_step_at_tiny_size(recipe, data, tmp_path):
              mini_batch_size=2, max_new_tokens=4, precision="fp32", progress=False, eval_every=0, save_every=0)
     cfg = from_dict(RLConfig, d)
     tr = SafeRLTrainer(cfg)
-    assert tr.is_vlm
+    assert tr.processor.modality == "image-text"
     stats = tr.train_step()
     assert stats["train/ratio_first_minibatch_max_dev"] < 1e-5
     assert stats["lambda"] == pytest.approx(cfg.lagrange.init)  # delay_steps = 1: no update yet

@@ -124,7 +124,7 @@ def test_one_ppo_lag_step_with_images(stack, world):
     from saferlhf.trainers.rl import SafeRLTrainer
 
     tr = SafeRLTrainer(cfg)
-    assert tr.is_vlm and not tr.reward_scorer.retokenizes
+    assert tr.processor.modality == "image-text" and not tr.reward_scorer.retokenizes
     batch, t, _ = tr.make_experience(0)
     image_ids = set(tr.tokenizer.image_token_ids)
     assert not image_ids & set(batch.responses[batch.response_mask.bool()].tolist())  # never sampled

@@ -109,7 +109,7 @@ def run_budget(cfg) -> dict[str, Any]:
     from saferlhf.models.tiny_vlm import is_vlm_dir
     from saferlhf.rollout.base import SamplingParams
     from saferlhf.rollout.hf import HFRolloutBackend
-    from saferlhf.trainers.rl import FrozenScorer  # the RL trainer's scorer: the same scores as in training
+    from saferlhf.models.scorers import FrozenScorer  # the RL trainer's scorer: the same scores as in training
 
     if is_vlm_dir(cfg.policy):
         raise ConfigError(f"saferlhf budget: --policy {cfg.policy} is a vision-language model; the budget helper "

@@ -32,10 +32,12 @@ import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import torch
+
+from saferlhf.config.lagrange import RULES, LagrangeConfig  # noqa: F401 - RULES re-exported
 
 __all__ = [
     "COST_TRANSFORMS",
@@ -45,40 +47,6 @@ __all__ = [
     "LagrangeMultiplier",
 ]
 
-RULES = ("log_sgd", "projected", "pid", "fixed")
-
-
-@dataclass
-class LagrangeConfig:
-    """Configuration of :class:`LagrangeMultiplier`.
-
-    rule: ``log_sgd`` | ``projected`` | ``pid`` | ``fixed``.
-    init: λ₀ (≥ 0; > 0 for the log parametrisation).
-    lr: η of ``log_sgd`` and ``projected``.
-    budget: d.
-    max_lambda: λ_max (None = unbounded).
-    delay_steps: number of first rollout batches during which λ does not move (the
-        window still fills).
-    window: number of most recent episodes (over all processes) averaged into J_C.
-    parametrisation: how λ is stored: ``log`` (log λ) or ``direct`` (λ). None picks
-        ``log`` for ``log_sgd`` and ``direct`` for the other rules (``projected`` and
-        ``pid`` reach λ = 0 exactly, which log λ cannot represent; ``fixed`` may be 0).
-    kp, ki, kd: PID gains (``pid`` only).
-    cap_warning_steps: warn when λ has sat at λ_max for this many consecutive updates.
-    """
-
-    rule: str = "log_sgd"
-    init: float = 1.0
-    lr: float = 0.1
-    budget: float = 0.0
-    max_lambda: float | None = 5.0
-    delay_steps: int = 0
-    window: int = 128
-    parametrisation: str | None = None
-    kp: float = 0.1
-    ki: float = 0.1
-    kd: float = 0.0
-    cap_warning_steps: int = 20
 
 
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
@@ -106,35 +74,9 @@ class LagrangeMultiplier:
         reduce_fn: ReduceFn | None = None,
         **overrides: Any,
     ) -> None:
-        cfg = LagrangeConfig(**{**asdict(config or LagrangeConfig()), **overrides})
-        if cfg.rule not in RULES:
-            raise ValueError(f"unknown Lagrange rule {cfg.rule!r}; expected one of {RULES}")
-        if cfg.parametrisation is None:
-            cfg.parametrisation = "log" if cfg.rule == "log_sgd" else "direct"
-        if cfg.parametrisation not in ("log", "direct"):
-            raise ValueError("parametrisation must be 'log' or 'direct'")
-        if cfg.parametrisation == "log" and cfg.rule in ("projected", "pid"):
-            raise ValueError(
-                f"rule {cfg.rule!r} moves λ additively and reaches λ = 0 exactly, which log λ "
-                "cannot represent: use parametrisation='direct' (or leave it None)"
-            )
-        if cfg.init < 0 or not math.isfinite(cfg.init):
-            raise ValueError(f"λ₀ must be a finite number >= 0, got {cfg.init}")
-        if cfg.parametrisation == "log" and cfg.init == 0:
-            raise ValueError(
-                "λ₀ = 0 is impossible with the log parametrisation (log 0 = −∞, and the "
-                "multiplicative log_sgd update can never leave 0): use a tiny positive init "
-                "such as 1e-3, or parametrisation='direct' with rule 'projected' or 'pid'"
-            )
-        if cfg.rule == "log_sgd" and cfg.init == 0:
-            raise ValueError(
-                "log_sgd with λ₀ = 0 never moves (the step is proportional to λ): use a tiny "
-                "positive init such as 1e-3, or rule 'projected' / 'pid'"
-            )
-        if cfg.max_lambda is not None and cfg.max_lambda <= 0:
-            raise ValueError("max_lambda must be > 0 or None")
-        if cfg.window < 1:
-            raise ValueError("window must be >= 1")
+        cfg = replace(config or LagrangeConfig(), **overrides)
+        cfg.validate()
+        cfg.parametrisation = cfg.resolved_parametrisation()
         self.config = cfg
         self.reduce_fn: ReduceFn = reduce_fn or _identity
         self._window: deque[float] = deque(maxlen=cfg.window)

@@ -29,13 +29,57 @@ class ConfigError(ValueError):
     """A configuration key is unknown, missing, or has a value of the wrong type."""
 
 
-def option(default: Any = MISSING, help: str = "", **kwargs) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a help string (shown by ``saferlhf <stage> --help``)."""
+def option(default: Any = MISSING, help: str = "", *, aliases: tuple[str, ...] = (),  # noqa: A002
+           **kwargs) -> Any:
+    """A dataclass field with a help string (shown by ``saferlhf <stage> --help``).
+
+    ``aliases``: other names of the key, accepted in YAML and on the command line (e.g. the
+    TRL / transformers name ``learning_rate`` for ``lr``)."""
+    metadata = {"help": help, "aliases": tuple(aliases)}
     if isinstance(default, (list, dict, set)):
         value = default
         kwargs["default_factory"] = lambda: type(value)(value)
-        return dataclasses.field(metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def aliases_of(cls) -> dict[str, str]:
+    """``{alias: canonical key}`` of a config class: the ``aliases`` of its fields, and its
+    ``ALIASES`` class attribute, which may point into a nested section (``budget`` →
+    ``lagrange.budget``)."""
+    out = {_norm(a): f.name for f in fields(cls) for a in f.metadata.get("aliases", ())}
+    out.update({_norm(a): c for a, c in getattr(cls, "ALIASES", {}).items()})
+    return out
+
+
+def _resolve_aliases(cls, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` with alias keys renamed to their canonical keys (dotted ones nested)."""
+    aliases = aliases_of(cls)
+    if not aliases:
+        return data
+    out: dict[str, Any] = {}
+    renamed: list[tuple[str, str, Any]] = []
+    for raw_key, value in data.items():
+        canonical = aliases.get(_norm(str(raw_key)))
+        if canonical is None:
+            out[raw_key] = value
+        else:
+            renamed.append((str(raw_key), canonical, value))
+    for alias, canonical, value in renamed:
+        head, _, rest = canonical.partition(".")
+        given = {_norm(str(k)): v for k, v in out.items()}
+        if not rest:
+            if head in given and given[head] != value:
+                raise ConfigError(f"config keys '{prefix}{alias}' and '{prefix}{head}' name the same setting "
+                                  f"with different values ({value!r} vs {given[head]!r}); give one of them")
+            out[head] = value
+            continue
+        section = given.get(head)
+        section = dict(section) if isinstance(section, dict) else {}
+        _set_nested(section, rest, value)
+        out = {k: v for k, v in out.items() if _norm(str(k)) != head}
+        out[head] = section
+    return out
 
 
 def _norm(key: str) -> str:
@@ -139,7 +183,7 @@ def _unknown_key_error(key: str, cls, prefix: str) -> ConfigError:
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") -> T:
     """Build a config dataclass from a (possibly nested) mapping, strictly."""
-    data = dict(data or {})
+    data = _resolve_aliases(cls, dict(data or {}), prefix)
     hints = _type_hints(cls)
     by_name = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -220,6 +264,7 @@ def parse_args(cls: type[T], argv: list[str]) -> T:
     Boolean keys may be given bare (``--quick``) or with a value (``--quick false``).
     """
     kinds = _flag_kinds(cls)
+    aliases = aliases_of(cls)
     data: dict[str, Any] = {}
     overrides: list[tuple[str, Any]] = []
     i = 0
@@ -239,6 +284,9 @@ def parse_args(cls: type[T], argv: list[str]) -> T:
             data = load_yaml(value)
             i += 1 if eq else 2
             continue
+        key = aliases.get(key, key)
+        if key.startswith("no_") and key not in kinds:
+            key = "no_" + aliases.get(key[3:], key[3:])
         tp = kinds.get(key)
         if tp is None and key.startswith("no_") and _unwrap_optional(kinds.get(key[3:], str))[0] is bool:
             overrides.append((key[3:], False))
@@ -270,14 +318,16 @@ def parse_args(cls: type[T], argv: list[str]) -> T:
     return from_dict(cls, data)
 
 
-def help_text(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """Rows of (flag, type/choices, default + help) for every key, nested included."""
+def help_text(cls, prefix: str = "", top=None) -> list[tuple[str, str, str]]:
+    """Rows of (flag, type/choices, default + help) for every key, nested included; a key's
+    aliases are listed beside its flag."""
+    top = top or cls
     rows = []
     hints = _type_hints(cls)
     for f in fields(cls):
         tp = hints[f.name]
         if is_dataclass(tp):
-            rows.extend(help_text(tp, f"{prefix}{f.name}."))
+            rows.extend(help_text(tp, f"{prefix}{f.name}.", top))
             continue
         if f.default is not MISSING:
             default = repr(f.default)
@@ -286,5 +336,10 @@ def help_text(cls, prefix: str = "") -> list[tuple[str, str, str]]:
         else:
             default = "(required)"
         flag = "--" + (prefix + f.name).replace("_", "-")
+        names = [a for a, c in aliases_of(top).items() if c == prefix + f.name]
+        if top is not cls:
+            names += [prefix + a for a, c in aliases_of(cls).items() if c == f.name]
+        if names:
+            flag += " (alias " + ", ".join("--" + a.replace("_", "-") for a in names) + ")"
         rows.append((flag, describe_type(tp), f"default {default}. {f.metadata.get('help', '')}".strip()))
     return rows

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from saferlhf.config.base import ConfigError, option
+from saferlhf.config.lagrange import LagrangeConfig
 
 DataFormat = Literal["auto", "pku", "beavertails_v", "beavertails_v_single", "beavertails", "trl", "world"]
 BadRecordPolicy = Literal["skip", "error"]
@@ -40,7 +41,17 @@ def _check_vlm_parts(key: str, parts: list[str]) -> None:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Options every trainer shares (optimiser, schedule, precision, logging, checkpoints)."""
+    """Options every trainer shares (optimiser, schedule, precision, logging, checkpoints).
+
+    The TRL / transformers names of these keys are accepted as aliases (``learning_rate``,
+    ``per_device_train_batch_size``, ``num_train_epochs``, ``output_dir`` …)."""
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "learning_rate": "lr", "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "output_dir": "out",
+        "save_steps": "save_every", "logging_steps": "log_every", "eval_steps": "eval_every",
+        "lr_scheduler_type": "lr_scheduler", "train_dataset": "data", "eval_dataset": "eval_data",
+    }
 
     data: str = option(help="training data file (jsonl/json/parquet) or hub id")
     out: str = option(help="output directory (a save_pretrained checkpoint + metrics.jsonl)")
@@ -128,68 +139,60 @@ class CostModelConfig(ScoreModelConfig):
 
 
 @dataclass(kw_only=True)
-class LagrangeOptions:
-    """The multiplier (DESIGN §6). ``init`` is λ₀; for ``reward_shaping`` it is the fixed λ.
-
-    Demo-scale default: ``projected`` with η = 0.5 (docs/rl.md §8). Safe RLHF's ``log_sgd``
-    (η = 0.1) takes steps proportional to λ: after the constraint has been slack for a few
-    dozen iterations λ ≈ 0.1–0.2 and it then grows ~1 % per iteration, too slow to hold a
-    budget within a 100-iteration run; ``projected`` and ``pid`` react within a few."""
-
-    rule: Literal["log_sgd", "projected", "pid", "fixed"] = option(
-        "projected", help="update rule (log_sgd: Safe RLHF's; projected/pid react faster near λ = 0)")
-    init: float = option(1.0, help="initial multiplier λ₀ (the fixed λ of reward_shaping)")
-    lr: float = option(0.5, help="multiplier learning rate η (per unit of J_C − d per rollout batch)")
-    max_lambda: float | None = option(5.0, help="cap λ_max (null: unbounded)")
-    delay_steps: int = option(0, help="rollout batches before the first update")
-    window: int = option(128, help="episodes in the moving window that estimates J_C")
-    kp: float = option(1.0, help="pid: proportional gain")
-    ki: float = option(0.2, help="pid: integral gain")
-    kd: float = option(0.0, help="pid: derivative gain")
-
-
-@dataclass(kw_only=True)
 class RLConfig:
-    """Safe RLHF: one PPO-family loop; the algorithm picks the advantage combiner."""
+    """Safe RLHF: one PPO-family loop; the algorithm picks the advantage combiner.
+
+    ``policy``, ``reward_model``, ``cost_model`` and ``prompts`` are paths (or hub ids); from
+    Python they may instead be given to :class:`saferlhf.SafeRLTrainer` as objects. The cost
+    budget d is ``budget``, the same setting as ``lagrange.budget`` (either may be given)."""
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "save_steps": "save_every", "logging_steps": "log_every",
+        "eval_steps": "eval_every", "train_dataset": "prompts", "eval_dataset": "eval_prompts",
+    }
 
     algo: Literal["ppo", "ppo_lag", "reward_shaping", "grpo_lag"] = option(
         "ppo_lag", help="ppo (reward only), ppo_lag (Safe RLHF), reward_shaping (R - λ₀C), grpo_lag (critic-free)")
-    policy: str = option(help="SFT policy dir (save_pretrained)")
-    reward_model: str = option(help="reward model dir")
+    policy: str | None = option(None, help="SFT policy dir (save_pretrained); required unless the trainer "
+                                           "is given a policy object")
+    reward_model: str | None = option(None, help="reward model dir; required unless the trainer is given a "
+                                                 "reward model object or function")
     cost_model: str | None = option(None, help="cost model dir (required except for ppo)")
-    prompts: str = option(help="training prompts (jsonl/json/parquet with a 'prompt' field, or pairs)")
-    out: str = option(help="output dir: metrics.jsonl, policy/, critics, checkpoints")
+    prompts: str | None = option(None, help="training prompts (jsonl/json/parquet with a 'prompt' field, or "
+                                            "pairs); required unless the trainer is given train_dataset")
+    out: str = option(help="output dir: metrics.jsonl, policy/, critics, checkpoints", aliases=("output_dir",))
     eval_prompts: str | None = option(None, help="held-out prompts scored every eval_every iterations")
-    budget: float = option(0.0, help="cost budget d: constraint E[C] <= d")
+    budget: float | None = option(None, help="cost budget d: the constraint is E[C] <= d (default: "
+                                             "lagrange.budget, 0)")
     iterations: int = option(100, help="rollout batches (the training budget)")
     rollout_batch_size: int = option(64, help="prompts per rollout batch (per process)")
-    n_samples: int = option(1, help="responses per prompt (group size of grpo_lag; use >= 2 there)")
+    n_samples: int = option(1, help="responses per prompt (group size of grpo_lag; use >= 2 there)", aliases=("num_generations",))
     mini_batch_size: int = option(32, help="sequences per PPO mini-batch")
-    ppo_epochs: int = option(1, help="passes over each rollout batch")
+    ppo_epochs: int = option(1, help="passes over each rollout batch", aliases=("num_ppo_epochs",))
     temperature: float = option(1.0, help="sampling temperature (log-probs use the same)")
     top_p: float = option(1.0, help="nucleus sampling")
     top_k: int = option(0, help="top-k sampling (0: off)")
-    max_new_tokens: int = option(32, help="response length cap")
+    max_new_tokens: int = option(32, help="response length cap", aliases=("max_completion_length", "response_length"))
     repetition_penalty: float = option(1.0, help="generation repetition penalty")
     kl_coeff: float = option(
-        0.1, help="β: KL penalty to the reference, same for every algo (0.1 for the tiny world models, "
+        0.1, aliases=("kl_coef",), help="β: KL penalty to the reference, same for every algo (0.1 for the tiny world models, "
                   "where 0.01 lets PPO hack the reward model within 100 iterations; Safe RLHF used "
                   "0.01-0.02 at 7B)")
     kl_estimator: Literal["k1", "k3"] = option("k1", help="per-token KL estimate in the reward stream")
-    clip_eps: float = option(0.2, help="PPO ratio clip ε")
-    clip_eps_value: float = option(5.0, help="value clip ε_v")
+    clip_eps: float = option(0.2, help="PPO ratio clip ε", aliases=("cliprange",))
+    clip_eps_value: float = option(5.0, help="value clip ε_v", aliases=("cliprange_value",))
     clip_score: float = option(50.0, help="terminal scores are clipped to ±clip_score")
     gamma: float = option(1.0, help="GAE discount γ")
-    gae_lambda: float = option(0.95, help="GAE λ")
+    gae_lambda: float = option(0.95, help="GAE λ", aliases=("lam",))
     loss_agg: Literal["token_mean", "seq_mean"] = option("token_mean", help="policy/value loss aggregation")
     normalize_reward: bool = option(False, help="apply the reward model's saved normaliser at RL time")
     normalize_cost: bool = option(False, help="apply the cost model's saved (scale-only) normaliser")
     cost_transform: Literal["identity", "sigmoid"] = option(
         "identity", help="episode cost: the cost model's score c (Safe RLHF), or sigmoid(c) = its P(unsafe), "
                          "which makes the budget d a target unsafe probability in [0, 1]")
-    truncation_penalty: float | None = option(None, help="added to the reward of responses cut without EOS")
+    truncation_penalty: float | None = option(None, help="added to the reward of responses cut without EOS", aliases=("missing_eos_penalty",))
     whiten_advantages: bool = option(False, help="whiten the combined advantage (after combining)")
-    actor_lr: float = option(1e-4, help="policy learning rate")
+    actor_lr: float = option(1e-4, help="policy learning rate", aliases=("learning_rate",))
     critic_lr: float = option(5e-4, help="critic learning rate")
     weight_decay: float = option(0.0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, help="gradient clipping (0 disables)")
@@ -200,7 +203,7 @@ class RLConfig:
                          "stream (reward and cost), started from the reward model: cheaper ppo_lag")
     ptx_data: str | None = option(None, help="SFT data for the PTX loss (off when null)")
     ptx_coeff: float = option(16.0, help="PTX loss coefficient (when ptx_data is given)")
-    lagrange: LagrangeOptions = dataclasses.field(default_factory=LagrangeOptions)
+    lagrange: LagrangeConfig = dataclasses.field(default_factory=LagrangeConfig)
     lora_r: int = option(0, help="LoRA rank of the policy (0: full); the reference is then the disabled adapter")
     lora_alpha: int = option(16, help="LoRA alpha")
     lora_targets: list[str] = option([], help="LoRA target modules (empty: all linear layers)")
@@ -219,11 +222,28 @@ class RLConfig:
     progress: bool = option(True, help="show a progress bar")
     backend: Literal["hf"] = option("hf", help="rollout backend (vllm arrives with its issue)")
 
+    def __post_init__(self) -> None:
+        # One setting, two spellings: ``budget`` (the CLI contract) and ``lagrange.budget``.
+        if self.budget is None:
+            self.budget = self.lagrange.budget
+        elif self.lagrange.budget not in (0.0, self.budget):
+            raise ConfigError(f"budget = {self.budget} and lagrange.budget = {self.lagrange.budget} disagree; "
+                              "give one of them")
+        else:
+            self.lagrange = dataclasses.replace(self.lagrange, budget=float(self.budget))
+
+    def multiplier_config(self) -> LagrangeConfig:
+        """The multiplier this algorithm runs: ``lagrange`` as given for the algorithms that learn
+        λ; ``fixed`` at λ₀ for ``reward_shaping``; fixed at 0 for ``ppo``."""
+        if self.algo in ("ppo_lag", "grpo_lag"):
+            return self.lagrange
+        return dataclasses.replace(self.lagrange, rule="fixed", init=0.0 if self.algo == "ppo" else self.lagrange.init,
+                                   parametrisation="direct")
+
     def validate(self) -> None:
         _check_vlm_parts("actor_freeze", self.actor_freeze)
         _check_vlm_parts("critic_freeze", self.critic_freeze)
-        if self.algo != "ppo" and self.cost_model is None:
-            raise ConfigError(f"--algo {self.algo} needs --cost-model (only ppo runs without one)")
+        self.multiplier_config().validate()
         if self.algo == "grpo_lag" and self.n_samples < 2:
             raise ConfigError("--algo grpo_lag needs --n-samples >= 2 (the group baseline)")
         if self.rollout_batch_size * self.n_samples % self.mini_batch_size:
@@ -348,3 +368,4 @@ class BudgetConfig:
             raise ConfigError("target_unsafe_rate must be in [0, 1]")
         if self.n_samples < 1 or self.batch_size < 1:
             raise ConfigError("n_samples and batch_size must be >= 1")
+LagrangeOptions = LagrangeConfig  # the name before the two multiplier configs became one

@@ -107,7 +107,7 @@ def encode_prompt_response(
 
 def encode_prompt_responses(tokenizer, template, prompts: Sequence, responses: Sequence[str], *,
                             max_length: int | None = None) -> list[tuple[list[int], int]]:
-    """Batched :func:`encode_prompt_response`: the same ids, faster.
+    """Batched :func:`saferlhf.data.templates.encode_prompt_response`: the same ids, faster.
 
     Each distinct prompt is rendered and tokenised once, and the texts go to the tokenizer in
     one call (the fast tokenizers encode a list in Rust), so thousands of pairs encode in a

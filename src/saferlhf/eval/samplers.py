@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saferlhf.data.templates import Template, encode_prompt
+from saferlhf.data.templates import Template
 from saferlhf.models.checkpoint import load_template, read_meta
+from saferlhf.processing import as_processor
 
 
 class PolicySampler:
@@ -29,7 +30,7 @@ class PolicySampler:
                  top_p: float = 1.0, max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0,
                  device: str | torch.device | None = None) -> None:
         from saferlhf.models.loading import load_causal_lm
-        from saferlhf.models.tiny_vlm import load_processor
+        from saferlhf.processing import load_processor
         from saferlhf.rollout.base import SamplingParams
         from saferlhf.rollout.hf import HFRolloutBackend
 
@@ -42,6 +43,7 @@ class PolicySampler:
             policy = load_causal_lm(policy, dtype="fp32", device=device)
         if tokenizer is None or template is None:
             raise ValueError("PolicySampler with a live model needs its tokenizer and template")
+        self.processor = as_processor(tokenizer, template)
         self.tokenizer, self.template = tokenizer, template
         self.temperature = 1.0 if temperature is None else temperature
         self.sampling = SamplingParams(temperature=self.temperature, top_p=top_p, max_new_tokens=max_new_tokens)
@@ -50,40 +52,22 @@ class PolicySampler:
 
     @property
     def is_vlm(self) -> bool:
-        return hasattr(self.tokenizer, "image_token_ids")
+        return self.processor.modality != "text"
 
     def sample(self, prompts: Sequence, images: Sequence | None = None,
                sources: Sequence[str] | None = None) -> list[str]:
-        """One response per prompt. ``images`` (VLM policies): per prompt an image (path or PIL)
-        or a list of them; a missing or unreadable image raises ``ImageLoadError`` naming the
-        item's ``sources[i]`` (e.g. ``prompts_eval.jsonl:12``) and the image."""
-        if self.is_vlm:  # a VLM reads every prompt through its processor (with or without images)
-            from saferlhf.data.multimodal import load_image
-
-            images = [None] * len(prompts) if images is None else images
-            if len(images) != len(prompts):
-                raise ValueError(f"{len(images)} image entries for {len(prompts)} prompts")
-            cache: dict = {}
-            rows = []
-            srcs = list(sources) if sources is not None else [f"prompt {i}" for i in range(len(prompts))]
-            for i, entry in enumerate(images):
-                refs = [] if entry is None else (list(entry) if isinstance(entry, (list, tuple)) else [entry])
-                row = []
-                for r in refs:
-                    if isinstance(r, (str, Path)):
-                        key = str(r)
-                        if key not in cache:
-                            cache[key] = load_image(key, source=srcs[i])
-                        row.append(cache[key])
-                    else:
-                        row.append(load_image(r, source=srcs[i]))
-                rows.append(row)
-            vb = self.tokenizer.prepare(list(prompts), rows, padding_side="left", sources=srcs)
-            ids = [r[m.bool()].tolist() for r, m in zip(vb["input_ids"], vb["attention_mask"])]
-            batch = self.backend.generate(ids, sampling=self.sampling, seed=self.seed, image_inputs=vb.image_inputs)
-        else:
-            ids = [encode_prompt(self.tokenizer, self.template, p) for p in prompts]
-            batch = self.backend.generate(ids, sampling=self.sampling, seed=self.seed)
+        """One response per prompt. ``images``: per prompt an image (path or PIL) or a list of
+        them, read by the policy's processor (a text policy ignores them); a missing or
+        unreadable image raises ``ImageLoadError`` naming the item's ``sources[i]`` (e.g.
+        ``prompts_eval.jsonl:12``) and the image."""
+        if images is not None and len(images) != len(prompts):
+            raise ValueError(f"{len(images)} image entries for {len(prompts)} prompts")
+        rows = None if images is None else [
+            [] if e is None else [str(x) if isinstance(x, Path) else x
+                                  for x in (e if isinstance(e, (list, tuple)) else [e])] for e in images]
+        enc = self.processor.encode_prompts(list(prompts), rows, sources=sources)
+        extra = {} if enc.image_inputs is None else {"image_inputs": enc.image_inputs}
+        batch = self.backend.generate(enc.ids, sampling=self.sampling, seed=self.seed, **extra)
         if batch.response_texts is not None:
             return list(batch.response_texts)
         return [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True)

@@ -16,9 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from saferlhf.data.templates import Template, template_for
-
-META_FILE = "saferlhf.json"
+from saferlhf.data.templates import Template
+from saferlhf.processing import META_FILE, saved_template
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -28,10 +27,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_template(path: str | os.PathLike, tokenizer) -> Template:
     """The template saved with a checkpoint, else the tokenizer's default (chat or fallback)."""
-    meta = read_meta(path)
-    if "template" in meta:
-        return Template.from_dict(meta["template"])
-    return template_for(tokenizer)
+    return saved_template(path, tokenizer)
 
 
 def save_policy(model: nn.Module, tokenizer, out: str | os.PathLike, *, template: Template,

@@ -700,6 +700,14 @@ class ScoreModel(nn.Module):
             model.retype(score_type)
         return model
 
+    def copy_as_critic(self) -> ScoreModel:
+        """A trainable copy re-typed as a critic (what RL starts a value model from)."""
+        import copy
+
+        critic = copy.deepcopy(self).retype("critic")
+        critic.requires_grad_(True)
+        return critic
+
     def retype(self, score_type: str) -> ScoreModel:
         """Change the score type in place (normalise function follows; a critic gets no
         normalisation and frozen statistics)."""

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,11 +68,9 @@ import torch
 from saferlhf import losses as L
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
-from saferlhf.data.templates import Template, encode_prompt, encode_prompt_response
 from saferlhf.errors import NonFiniteLossError
 from saferlhf.io import atomic_dir
 from saferlhf.lagrange import (
-    LagrangeConfig,
     LagrangeMultiplier,
     transform_cost,
     unsafe_boundary,
@@ -80,7 +79,14 @@ from saferlhf.models.checkpoint import load_template, read_meta, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm
 from saferlhf.models.policy import ReferenceModel, disable_dropout, forward_logprobs
 from saferlhf.models.score_model import ScoreModel
-from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor
+from saferlhf.models.scorers import (  # noqa: F401 - FrozenScorer, FunctionScorer: public names of this module
+    BatchScoreFn,
+    FrozenScorer,
+    FunctionScorer,
+    make_scorer,
+)
+from saferlhf.models.tiny_vlm import freeze_vlm_parts
+from saferlhf.processing import as_processor, load_processor
 from saferlhf.rollout.base import RolloutBatch, SamplingParams
 from saferlhf.rollout.hf import HFRolloutBackend
 from saferlhf.trainers.common import (
@@ -90,98 +96,16 @@ from saferlhf.trainers.common import (
     load_training_checkpoint,
     make_accelerator,
     make_optimizer,
-    pad_sequences,
     progress_bar,
     save_run_config,
     save_training_checkpoint,
     seed_everything,
 )
 
-ScoreFn = Callable[[RolloutBatch, list, list[str]], torch.Tensor]
-"""``fn(batch, prompts, texts) -> (B,)``: a scorer given as a function (tests, benchmarks)."""
+ScoreFn = BatchScoreFn
+"""``fn(batch, prompts, texts) -> (B,)``: a scorer given as a function on rollout batches."""
 
 # ----------------------------------------------------------------------------- scoring
-
-
-class FrozenScorer:
-    """A frozen reward or cost model that scores rollouts at their last real token.
-
-    When the scorer shares the policy's vocabulary and template, the rollout's token ids are
-    scored as they are; otherwise the prompt and the decoded response are re-tokenised with
-    the scorer's own tokenizer and template (EOS kept only where the policy emitted it).
-    ``retokenizes`` tells which path is taken.
-    """
-
-    def __init__(self, path: str, policy_tokenizer, policy_template: Template, *, normalize: bool,
-                 device: torch.device) -> None:
-        self.model = ScoreModel.from_pretrained(path, normalize=normalize).to(device)
-        self.model.requires_grad_(False).eval()
-        self.tokenizer = load_processor(path)
-        self.is_vlm = isinstance(self.tokenizer, VLMProcessor)
-        self.template = self.model.template or load_template(path, self.tokenizer)
-        self.device = device
-        self.same_tokens = (self.tokenizer.get_vocab() == policy_tokenizer.get_vocab()
-                            and self.tokenizer.eos_token_id == policy_tokenizer.eos_token_id
-                            and self.template == policy_template
-                            and self.is_vlm == isinstance(policy_tokenizer, VLMProcessor)
-                            and (not self.is_vlm or self.tokenizer.to_dict() == policy_tokenizer.to_dict()))
-
-    @property
-    def retokenizes(self) -> bool:
-        return not self.same_tokens
-
-    def encode(self, batch: RolloutBatch, prompts: list, response_texts: list[str]):
-        """The (input_ids, attention_mask, vision kwargs) the scorer reads for ``batch``.
-
-        A VLM scorer reads the rollout's images (the same ids and ``batch.image_inputs`` when it
-        shares the policy's processor; else the prompt, the row's images from
-        ``batch.meta["images"]`` and the decoded response, re-encoded by its own processor). A
-        text scorer reads the text only."""
-        if self.same_tokens:
-            vision = {}
-            if self.is_vlm and batch.image_inputs is not None:
-                vision = self.tokenizer.model_kwargs(batch.sequences, batch.image_inputs.to(self.device))
-            return batch.sequences.to(self.device), batch.attention_mask.to(self.device), vision
-        if self.is_vlm:
-            images = batch.meta.get("images")
-            if images is None:
-                images = [[] for _ in prompts]
-            examples = [self.tokenizer.encode(p, imgs, text, add_eos=bool(eos), source=f"rollout row {i}")
-                        for i, (p, imgs, text, eos) in enumerate(zip(prompts, images, response_texts,
-                                                                      batch.ended_with_eos.tolist(), strict=True))]
-            vb = self.tokenizer.pad(examples, padding_side="right")
-            vision = {k: v.to(self.device) for k, v in vb.items() if k not in ("input_ids", "attention_mask")}
-            return vb["input_ids"].to(self.device), vb["attention_mask"].to(self.device), vision
-        ids = []
-        for p, text, eos in zip(prompts, response_texts, batch.ended_with_eos.tolist(), strict=True):
-            full, _ = encode_prompt_response(self.tokenizer, self.template, p, text)
-            ids.append(full if eos else full[:-1])
-        seq, mask = pad_sequences(ids, self.tokenizer.pad_token_id, side="right")
-        return seq.to(self.device), mask.to(self.device), {}
-
-    @torch.inference_mode()
-    def score(self, batch: RolloutBatch, prompts: list, response_texts: list[str]) -> torch.Tensor:
-        seq, mask, vision = self.encode(batch, prompts, response_texts)
-        return self.model(input_ids=seq, attention_mask=mask, **vision).end_scores[:, 0].float()
-
-
-class FunctionScorer:
-    """A scorer given as ``fn(batch, prompts, texts) -> (B,)`` (the injection seam)."""
-
-    retokenizes = False
-    model = None
-
-    def __init__(self, fn: ScoreFn, device: torch.device) -> None:
-        self.fn = fn
-        self.device = device
-
-    @torch.inference_mode()
-    def score(self, batch: RolloutBatch, prompts: list, response_texts: list[str]) -> torch.Tensor:
-        out = torch.as_tensor(self.fn(batch, prompts, response_texts), dtype=torch.float32)
-        out = out.to(self.device).reshape(-1)
-        if out.numel() != len(batch):
-            raise ValueError(f"score function returned {out.numel()} scores for {len(batch)} rollouts")
-        return out
 
 
 def critic_values_all(critic, batch_seq: torch.Tensor, batch_mask: torch.Tensor, prompt_length: int,
@@ -275,17 +199,27 @@ ALGOS: dict[str, Algo] = {
 # ----------------------------------------------------------------------------- the trainer
 
 
-def _load_prompts(path: str) -> list:
-    return [r.prompt for r in _load_prompt_records(path)]
+def _load_prompts(source: Any) -> list:
+    return [r.prompt for r in _load_prompt_records(source)]
 
 
-def _load_prompt_records(path: str) -> list:
+def _load_prompt_records(source: Any) -> list:
+    """Prompt records of a path / hub id, a ``datasets.Dataset`` or a list of dicts."""
     from saferlhf.data import load_prompts
 
-    records = load_prompts(path).records
+    records = load_prompts(source).records
     if not records:
-        raise ConfigError(f"--prompts {path}: no prompts found")
+        raise ConfigError(f"--prompts {_describe(source)}: no prompts found")
     return records
+
+
+def _describe(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
+
+
+def _require(value: Any, flag: str, what: str) -> None:
+    if value is None:
+        raise ConfigError(f"missing {flag}: the trainer needs {what}")
 
 
 _MUST_BE_FINITE = ("reward", "cost", "kl", "train/policy_loss", "train/reward_value_loss",
@@ -310,64 +244,131 @@ def _truncate_jsonl(path: Path, key: str, max_step: int) -> None:
 
 
 class SafeRLTrainer:
-    """The PPO-family trainer. Build it from an :class:`RLConfig`, then call :meth:`train`.
+    """The PPO-family trainer (TRL conventions)::
 
-    ``reward_fn`` / ``cost_fn`` (optional): score functions that replace the reward / cost
-    model (``cfg.reward_model`` / ``cfg.cost_model`` are then not read; critics whose score
-    model is replaced start from the policy backbone).
+        trainer = SafeRLTrainer(RLConfig(out="runs/rl", algo="ppo_lag"), policy=model,
+                                processing_class=tokenizer, reward_model=rm, cost_model=cm,
+                                train_dataset=prompts)
+        metrics = trainer.train()
+        trainer.save_model("runs/rl/policy")
+
+    ``policy``: a ``PreTrainedModel`` (text or VLM) or a path / hub id (default: ``args.policy``).
+    ``processing_class``: a tokenizer, any HF processor, or a :class:`~saferlhf.processing.Processor`
+    (default: the one saved beside a policy path; required with a policy object).
+    ``reward_model`` / ``cost_model``: a saferlhf :class:`ScoreModel`, an HF
+    ``*ForSequenceClassification`` (``num_labels == 1``), a path, or a callable
+    ``fn(prompts, completions, **kw) -> list[float]`` (default: ``args.reward_model`` /
+    ``args.cost_model``). ``train_dataset`` / ``eval_dataset``: a ``datasets.Dataset``, a list of
+    dicts, or a path / hub id of prompt records (default: ``args.prompts`` / ``args.eval_prompts``).
+    Critics start from the reward / cost model when it is a saferlhf score model, else from the
+    policy backbone. ``reward_fn`` / ``cost_fn``: scorers on whole rollout batches,
+    ``fn(batch, prompts, texts) -> (B,)`` (tests, benchmarks).
+
+    :meth:`from_config` is what the CLI calls: every source from the config's paths.
     """
 
-    def __init__(self, cfg: RLConfig, *, accelerator=None, reward_fn: ScoreFn | None = None,
-                 cost_fn: ScoreFn | None = None) -> None:
+    def __init__(self, args: RLConfig, *, policy: Any = None, processing_class: Any = None, reward_model: Any = None,
+                 cost_model: Any = None, train_dataset: Any = None, eval_dataset: Any = None, accelerator=None,
+                 reward_fn: ScoreFn | None = None, cost_fn: ScoreFn | None = None) -> None:
+        cfg = self.args = self.cfg = args
         if cfg.algo not in ALGOS:
             raise ConfigError(f"unknown algo {cfg.algo!r}; expected one of {sorted(ALGOS)}")
-        self.cfg = cfg
+        cfg.validate()
         self.algo = ALGOS[cfg.algo]
-        if self.algo.uses_cost and cfg.cost_model is None and cost_fn is None:
+        policy = cfg.policy if policy is None else policy
+        reward_src = reward_fn or (cfg.reward_model if reward_model is None else reward_model)
+        cost_src = cost_fn or (cfg.cost_model if cost_model is None else cost_model)
+        train_dataset = cfg.prompts if train_dataset is None else train_dataset
+        _require(policy, "--policy", "a policy (args.policy or policy=)")
+        _require(reward_src, "--reward-model", "a reward model (args.reward_model or reward_model=)")
+        _require(train_dataset, "--prompts", "training prompts (args.prompts or train_dataset=)")
+        if self.algo.uses_cost and cost_src is None:
             raise ConfigError(f"--algo {cfg.algo} needs --cost-model (only ppo runs without one)")
-        if cfg.algo == "grpo_lag" and cfg.n_samples < 2:
-            raise ConfigError("--algo grpo_lag needs --n-samples >= 2 (the group baseline)")
-        if (cfg.rollout_batch_size * cfg.n_samples) % cfg.mini_batch_size:
-            raise ConfigError("rollout_batch_size × n_samples must be a multiple of mini_batch_size")
         seed_everything(cfg.seed)
         self.accelerator = accelerator or make_accelerator(cfg.precision)
-        acc = self.accelerator
-        dev = acc.device
+        dev = self.accelerator.device
 
-        self.tokenizer = load_processor(cfg.policy)
-        self.is_vlm = isinstance(self.tokenizer, VLMProcessor)
-        self.template = load_template(cfg.policy, self.tokenizer)
-        self.policy_meta = read_meta(cfg.policy)
-        if (cfg.actor_freeze or cfg.critic_freeze) and not self.is_vlm:
-            raise ConfigError("actor_freeze / critic_freeze name parts of a vision-language model; "
-                              f"--policy {cfg.policy} is a text model")
-        if self.is_vlm and cfg.ptx_data:
-            raise ConfigError("the PTX loss is not available for vision-language policies yet (drop --ptx-data)")
-        policy = load_causal_lm(cfg.policy, dtype="fp32", gradient_checkpointing=cfg.gradient_checkpointing)
-        if cfg.lora_r:
-            policy = apply_lora(policy, {"r": cfg.lora_r, "alpha": cfg.lora_alpha,
-                                         "target_modules": list(cfg.lora_targets) or "all-linear"})
-        if cfg.actor_freeze:  # after LoRA: adapters inside a frozen part stay frozen too
-            freeze_vlm_parts(policy, cfg.actor_freeze)
-        disable_dropout(policy)  # dropout would make the first-epoch ratio differ from 1
-        policy.to(dev)
+        policy_model = self._load_policy(policy, processing_class)
         # The reference is the LoRA-disabled policy (no copy) or a frozen copy, made before training.
-        self.reference = ReferenceModel(policy)
+        self.reference = ReferenceModel(policy_model)
+        self.reward_scorer = self._scorer(reward_src, reward_fn is not None, cfg.normalize_reward, dev)
+        self.cost_scorer = None if cost_src is None else self._scorer(cost_src, cost_fn is not None,
+                                                                    cfg.normalize_cost, dev)
+        critics, self.critic_streams = self._build_critics(policy_model, dev)
+        self._prepare(policy_model, critics)
+        self.lagrange = LagrangeMultiplier(
+            cfg.multiplier_config(),
+            reduce_fn=self.accelerator.gather if self.accelerator.num_processes > 1 else None)
+        self.accelerator.register_for_checkpointing(self.lagrange)
 
-        if reward_fn is not None:
-            self.reward_scorer = FunctionScorer(reward_fn, dev)
+        self.backend = HFRolloutBackend(self.policy, self.processor, unwrap=self.accelerator.unwrap_model)
+        self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
+                                       top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
+                                       repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
+        eval_dataset = cfg.eval_prompts if eval_dataset is None else eval_dataset
+        records = _load_prompt_records(train_dataset)
+        eval_records = _load_prompt_records(eval_dataset) if eval_dataset is not None else None
+        self.prompts = [r.prompt for r in records]
+        self.eval_prompts = [r.prompt for r in eval_records] if eval_records else None
+        self.prompt_images = [list(r.images) for r in records]
+        self.eval_prompt_images = [list(r.images) for r in eval_records] if eval_records else None
+        self.prompt_sources = [r.source for r in records]
+        self.eval_prompt_sources = [r.source for r in eval_records] if eval_records else None
+        self.ptx = self._load_ptx() if cfg.ptx_data else None
+        self.state = TrainerState()
+        self._last_samples: list[dict[str, Any]] = []
+        self._last_eval_samples: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_config(cls, cfg: RLConfig, **kwargs: Any) -> SafeRLTrainer:
+        """The trainer of a config whose sources are all paths (what ``saferlhf rl`` runs)."""
+        return cls(cfg, **kwargs)
+
+    @property
+    def tokenizer(self):
+        """The policy's processor (it passes tokenizer attributes through)."""
+        return self.processor
+
+    # ------------------------------------------------------------------ models
+    def _load_policy(self, policy: Any, processing_class: Any):
+        """The trainable policy (LoRA applied, parts frozen, dropout off, on the device); sets
+        ``processor``, ``template`` and ``policy_meta``."""
+        cfg = self.cfg
+        if isinstance(policy, (str, os.PathLike)):
+            processor = as_processor(processing_class) if processing_class is not None else load_processor(policy)
+            self.template = load_template(policy, processor)
+            self.policy_meta = read_meta(policy)
+            model = load_causal_lm(policy, dtype="fp32", gradient_checkpointing=cfg.gradient_checkpointing)
         else:
-            self.reward_scorer = FrozenScorer(cfg.reward_model, self.tokenizer, self.template,
-                                              normalize=cfg.normalize_reward, device=dev)
-        self.cost_scorer = None
-        if cost_fn is not None:
-            self.cost_scorer = FunctionScorer(cost_fn, dev)
-        elif cfg.cost_model is not None:
-            self.cost_scorer = FrozenScorer(cfg.cost_model, self.tokenizer, self.template,
-                                            normalize=cfg.normalize_cost, device=dev)
+            if processing_class is None:
+                raise ConfigError("a policy object needs processing_class= (its tokenizer or processor)")
+            processor = as_processor(processing_class)
+            self.template = processor.template
+            self.policy_meta = {}
+            model = policy
+            if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+                model.gradient_checkpointing_enable()
+        self.processor = processor
+        if (cfg.actor_freeze or cfg.critic_freeze) and processor.modality == "text":
+            raise ConfigError("actor_freeze / critic_freeze name parts of a vision-language model; "
+                              f"the policy {_describe(policy)} is a text model")
+        if cfg.ptx_data and processor.modality != "text":
+            raise ConfigError("the PTX loss is not available for vision-language policies yet (drop --ptx-data)")
+        if cfg.lora_r:
+            model = apply_lora(model, {"r": cfg.lora_r, "alpha": cfg.lora_alpha,
+                                       "target_modules": list(cfg.lora_targets) or "all-linear"})
+        if cfg.actor_freeze:  # after LoRA: adapters inside a frozen part stay frozen too
+            freeze_vlm_parts(model, cfg.actor_freeze)
+        disable_dropout(model)  # dropout would make the first-epoch ratio differ from 1
+        return model.to(self.accelerator.device)
 
-        critics, self.critic_streams = self._build_critics(policy, reward_fn, cost_fn, dev)
+    def _scorer(self, source: Any, batch_fn: bool, normalize: bool, device: torch.device):
+        if batch_fn:
+            return FunctionScorer(source, device)
+        return make_scorer(source, self.processor, self.template, normalize=normalize, device=device)
 
+    def _prepare(self, policy, critics: dict[str, ScoreModel]) -> None:
+        cfg, acc = self.cfg, self.accelerator
         self.actor_opt = make_optimizer(policy.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
         critic_opts = {n: make_optimizer(c.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
                        for n, c in critics.items()}
@@ -377,46 +378,13 @@ class SafeRLTrainer:
         self.critics = dict(zip(critics, prepared[2:2 + k]))
         self.critic_opts = dict(zip(critic_opts, prepared[2 + k:]))
 
-        lag = cfg.lagrange
-        learns = self.algo.learns_lambda
-        self.lagrange = LagrangeMultiplier(
-            LagrangeConfig(
-                rule=lag.rule if learns else "fixed",
-                init=0.0 if cfg.algo == "ppo" else lag.init,
-                lr=lag.lr, budget=cfg.budget, max_lambda=lag.max_lambda,
-                delay_steps=lag.delay_steps, window=lag.window, kp=lag.kp, ki=lag.ki, kd=lag.kd,
-                parametrisation="log" if (learns and lag.rule == "log_sgd") else "direct",
-            ),
-            reduce_fn=acc.gather if acc.num_processes > 1 else None,
-        )
-        acc.register_for_checkpointing(self.lagrange)
-
-        self.backend = HFRolloutBackend(self.policy, self.tokenizer, unwrap=acc.unwrap_model)
-        self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
-                                       top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
-                                       repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
-        records = _load_prompt_records(cfg.prompts)
-        eval_records = _load_prompt_records(cfg.eval_prompts) if cfg.eval_prompts else None
-        self.prompts = [r.prompt for r in records]
-        self.eval_prompts = [r.prompt for r in eval_records] if eval_records else None
-        # Image references of every prompt (VLM policies only; a text policy ignores images).
-        self.prompt_images = [list(r.images) for r in records] if self.is_vlm else None
-        self.eval_prompt_images = [list(r.images) for r in eval_records] if (self.is_vlm and eval_records) else None
-        self.prompt_sources = [r.source for r in records]
-        self.eval_prompt_sources = [r.source for r in eval_records] if eval_records else None
-        self._image_cache: dict = {}
-        self.ptx = self._load_ptx() if cfg.ptx_data else None
-        self.state = TrainerState()
-        self._last_samples: list[dict[str, Any]] = []
-        self._last_eval_samples: list[dict[str, Any]] = []
-
     # ------------------------------------------------------------------ data
     def _load_ptx(self):
         from saferlhf.data import load_sft
         from saferlhf.trainers.sft import encode_sft_examples
 
         records = load_sft(self.cfg.ptx_data).records
-        return encode_sft_examples(records, self.tokenizer, self.template, 128)
+        return encode_sft_examples(records, self.processor, self.template, 128)
 
     def _prompt_batch(self, iteration: int) -> list:
         """This process's prompts of rollout batch ``iteration`` (depends only on the seed,
@@ -437,43 +405,20 @@ class SafeRLTrainer:
         return list(idx)
 
     # ------------------------------------------------------------------ rollout
-    def _load_images(self, refs: list, source: str) -> list:
-        from saferlhf.data.multimodal import load_image
-
-        out = []
-        for ref in refs:
-            key = ref if isinstance(ref, str) else None
-            if key is not None and key in self._image_cache:
-                out.append(self._image_cache[key])
-                continue
-            image = load_image(ref, source=source)
-            if key is not None:
-                self._image_cache[key] = image
-            out.append(image)
-        return out
-
     def _rollout(self, prompts: list, seed: int, sampling: SamplingParams | None = None,
                  images: list | None = None, sources: list | None = None):
-        """Sample responses for ``prompts``. ``images`` (VLM policies): each prompt's image
-        references (loaded and cached here; a missing or corrupt image raises
-        :class:`~saferlhf.data.multimodal.ImageLoadError` naming the prompt's record)."""
-        image_inputs, pil = None, None
-        if self.is_vlm:
-            images = images if images is not None else [[] for _ in prompts]
-            sources = sources or [f"prompt {i}" for i in range(len(prompts))]
-            pil = [self._load_images(refs, src) for refs, src in zip(images, sources, strict=True)]
-            vb = self.tokenizer.prepare(prompts, pil, padding_side="left", sources=sources)
-            ids = [row[m.bool()].tolist() for row, m in zip(vb["input_ids"], vb["attention_mask"])]
-            image_inputs = vb.image_inputs
-        else:
-            ids = [encode_prompt(self.tokenizer, self.template, p) for p in prompts]
-        batch = self.backend.generate(ids, sampling=sampling or self.sampling, seed=seed,
-                                      **({"image_inputs": image_inputs} if image_inputs is not None else {}))
-        if pil is not None:
-            batch.meta["images"] = [pil[i] for i in batch.prompt_index.tolist()]
+        """Sample responses for ``prompts``. ``images``: each prompt's image references, read by
+        the processor (a text processor ignores them; a VLM processor loads and caches them, and
+        a missing or corrupt image raises :class:`~saferlhf.data.multimodal.ImageLoadError`
+        naming the prompt's record)."""
+        enc = self.processor.encode_prompts(prompts, images, sources=sources)
+        batch = self.backend.generate(enc.ids, sampling=sampling or self.sampling, seed=seed,
+                                      **({"image_inputs": enc.image_inputs} if enc.image_inputs is not None else {}))
+        if enc.images is not None:
+            batch.meta["images"] = [enc.images[i] for i in batch.prompt_index.tolist()]
         rep_prompts = [prompts[i] for i in batch.prompt_index.tolist()]
         texts = batch.response_texts or [
-            self.tokenizer.decode(r[m.bool()], skip_special_tokens=True)
+            self.processor.decode(r[m.bool()], skip_special_tokens=True)
             for r, m in zip(batch.responses, batch.response_mask)
         ]
         return batch, rep_prompts, texts
@@ -587,24 +532,25 @@ class SafeRLTrainer:
     # ------------------------------------------------------------------ vision inputs
     def _logprob_vision(self, seq: torch.Tensor, image_inputs) -> dict[str, Any]:
         """``forward_logprobs`` kwargs for rows holding ``image_inputs`` (empty for text)."""
-        if not self.is_vlm or image_inputs is None:
-            return {}
-        return self.tokenizer.vision_logprob_kwargs(seq, image_inputs.to(seq.device))
+        return self.processor.vision_logprob_kwargs(seq, image_inputs)
 
-    def _build_critics(self, policy, reward_fn, cost_fn, dev) -> tuple[dict[str, ScoreModel], dict[str, list]]:
+    def _build_critics(self, policy, dev) -> tuple[dict[str, ScoreModel], dict[str, list]]:
         """The critics and, per critic, the streams its value heads estimate: ``{critic: [(stream,
         head)]}``. ``separate``: one critic per stream, each from its score model (or the
         policy). ``shared``: one backbone, started from the reward model, with one value head
         per stream (the reward head copied from the reward model, the cost head fresh): one
         critic forward and backward per mini-batch instead of two (DESIGN §11)."""
         cfg, streams = self.cfg, self.algo.critics
+        scorers = {"reward": self.reward_scorer, "cost": self.cost_scorer}
 
         def start(name: str) -> ScoreModel:
-            injected = reward_fn is not None if name == "reward" else cost_fn is not None
-            if cfg.critic_init == "policy" or injected:
+            scorer = scorers[name]
+            source = getattr(scorer, "source", None)
+            if cfg.critic_init == "policy" or source is None:
                 return ScoreModel.from_backbone(policy, score_type="critic", dtype=None)
-            src = cfg.reward_model if name == "reward" else cfg.cost_model
-            return ScoreModel.from_pretrained(src, normalize=False, score_type="critic")
+            if isinstance(source, ScoreModel):
+                return source.copy_as_critic()
+            return ScoreModel.from_pretrained(source, normalize=False, score_type="critic")
 
         if cfg.critic_mode == "shared" and len(streams) > 1:
             first = start(streams[0])
@@ -630,10 +576,8 @@ class SafeRLTrainer:
         return built, plan
 
     def _critic_vision(self, seq: torch.Tensor, image_inputs) -> dict[str, Any]:
-        """Vision kwargs of a VLM critic (ScoreModel) for rows holding ``image_inputs``."""
-        if not self.is_vlm or image_inputs is None:
-            return {}
-        return self.tokenizer.model_kwargs(seq, image_inputs.to(seq.device))
+        """Model kwargs of a critic (ScoreModel) for rows holding ``image_inputs`` (empty for text)."""
+        return self.processor.model_kwargs(seq, image_inputs)
 
     # ------------------------------------------------------------------ update
     def _ptx_loss(self, minibatch: int) -> torch.Tensor:
@@ -642,7 +586,7 @@ class SafeRLTrainer:
         rng = np.random.default_rng([self.cfg.seed, self.state.step, minibatch, 7,
                                      self.accelerator.process_index])
         idx = rng.choice(len(self.ptx), min(self.cfg.mini_batch_size, len(self.ptx)), replace=False)
-        batch = collate_sft([self.ptx[i] for i in idx], self.tokenizer.pad_token_id)
+        batch = collate_sft([self.ptx[i] for i in idx], self.processor.pad_token_id)
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return L.sft_loss(logits, batch["labels"])
@@ -824,6 +768,21 @@ class SafeRLTrainer:
             for s in samples:
                 fh.write(json.dumps({"iteration": step, **s}) + "\n")
 
+    def save_model(self, output_dir: str | os.PathLike | None = None) -> Path:
+        """Save the policy (merged when LoRA) with its processor as a ``save_pretrained`` folder
+        (default ``<out>/policy``); on the main process only."""
+        out = Path(output_dir) if output_dir is not None else Path(self.cfg.out) / "policy"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self._save_policy(out)
+        return out
+
+    def _save_policy(self, out: Path) -> None:
+        save_policy(self.accelerator.unwrap_model(self.policy), self.processor, out, template=self.template,
+                    meta={"stage": f"rl-{self.cfg.algo}", "iterations": self.state.step,
+                          "lambda": self.lagrange.value,
+                          "sampling": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}})
+
     def save(self, out: Path) -> None:
         """Final artefacts: ``policy/`` (merged when LoRA), ``{reward,cost}_critic/`` (or
         ``shared_critic/``: one value head per stream),
@@ -833,10 +792,7 @@ class SafeRLTrainer:
         if not acc.is_main_process:
             return
         out = Path(out)
-        save_policy(acc.unwrap_model(self.policy), self.tokenizer, out / "policy", template=self.template,
-                    meta={"stage": f"rl-{self.cfg.algo}", "iterations": self.state.step,
-                          "lambda": self.lagrange.value,
-                          "sampling": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}})
+        self._save_policy(out / "policy")
         for name, critic in self.critics.items():
             with atomic_dir(out / f"{name}_critic") as tmp:
                 acc.unwrap_model(critic).save_pretrained(tmp)
@@ -848,4 +804,4 @@ class SafeRLTrainer:
 
 
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
-    return SafeRLTrainer(cfg).train()
+    return SafeRLTrainer.from_config(cfg).train()

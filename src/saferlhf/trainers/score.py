@@ -21,6 +21,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +34,8 @@ from saferlhf.eval.score_eval import score_pairs, summarize_scores
 from saferlhf.io import atomic_files
 from saferlhf.models.checkpoint import load_template
 from saferlhf.models.score_model import ScoreModel
-from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor
+from saferlhf.models.tiny_vlm import freeze_vlm_parts
+from saferlhf.processing import as_processor, load_processor
 from saferlhf.trainers.common import encode_prompt_responses, make_accelerator, seed_everything
 from saferlhf.trainers.loop import run_supervised_loop
 from saferlhf.trainers.sft import lora_spec
@@ -190,74 +192,138 @@ def make_loss_fn(cfg: ScoreModelConfig, kind: str):
     return loss_fn
 
 
-def _build_model(cfg: ScoreModelConfig, kind: str, tokenizer, template: Template) -> ScoreModel:
-    path = Path(cfg.model)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--model {cfg.model}: not a folder (give an SFT checkpoint or a backbone dir)")
-    normalizer = None if cfg.normalizer == "none" else cfg.normalizer
-    model = ScoreModel.from_backbone(
-        str(path), score_type=kind, normalizer=normalizer, momentum=cfg.momentum, do_normalize=False,
-        template=template, dtype="fp32" if cfg.precision != "bf16" else "bf16",
-        lora=lora_spec(cfg), gradient_checkpointing=cfg.gradient_checkpointing)
+def _build_model(cfg: ScoreModelConfig, kind: str, model: Any, processor, template: Template) -> ScoreModel:
+    """The score model to train: ``model`` as is when it is a :class:`ScoreModel`, else a new
+    head on it (a ``PreTrainedModel``) or on the backbone at its path (``args.model``)."""
+    if isinstance(model, ScoreModel):
+        score_model = model
+    else:
+        if isinstance(model, (str, Path)) and not Path(model).is_dir():
+            raise FileNotFoundError(f"--model {model}: not a folder (give an SFT checkpoint or a backbone dir)")
+        normalizer = None if cfg.normalizer == "none" else cfg.normalizer
+        score_model = ScoreModel.from_backbone(
+            str(model) if isinstance(model, (str, Path)) else model, score_type=kind, normalizer=normalizer,
+            momentum=cfg.momentum, do_normalize=False, template=template,
+            dtype="fp32" if cfg.precision != "bf16" else "bf16", lora=lora_spec(cfg),
+            gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.freeze:
-        if not isinstance(tokenizer, VLMProcessor):
+        if processor.modality == "text":
             raise ConfigError(f"--freeze {cfg.freeze}: parts of a vision-language model, but --model {cfg.model} "
                               "is a text model")
-        freeze_vlm_parts(model, cfg.freeze)
-    return model
+        freeze_vlm_parts(score_model, cfg.freeze)
+    return score_model
+
+
+class ScoreModelTrainer:
+    """Reward (``kind="reward"``) or cost (``kind="cost"``) model training (TRL conventions)::
+
+        trainer = ScoreModelTrainer(CostModelConfig(out="runs/cm"), model=backbone,
+                                    processing_class=tokenizer, train_dataset=pairs, kind="cost")
+        trainer.train()
+
+    ``model``: a :class:`ScoreModel`, a ``PreTrainedModel`` backbone (a score head is added) or a
+    path (default ``args.model``). ``processing_class``: a tokenizer, HF processor or
+    :class:`~saferlhf.processing.Processor` (default: the one saved beside the model path).
+    ``train_dataset`` / ``eval_dataset``: preference pairs as a ``datasets.Dataset``, a list of
+    dicts or a path / hub id (default ``args.data`` / ``args.eval_data``). ``kind`` defaults to
+    ``cost`` for a :class:`CostModelConfig`, else ``reward``.
+    """
+
+    def __init__(self, args: ScoreModelConfig, *, model: Any = None, processing_class: Any = None,
+                 train_dataset: Any = None, eval_dataset: Any = None, kind: str | None = None,
+                 accelerator=None) -> None:
+        from saferlhf.data import load_pairs
+
+        kind = kind or ("cost" if isinstance(args, CostModelConfig) else "reward")
+        if kind not in ("reward", "cost"):
+            raise ConfigError(f"kind must be 'reward' or 'cost', got {kind!r}")
+        if kind == "cost" and not isinstance(args, CostModelConfig):
+            raise ConfigError("a cost model trains from a CostModelConfig (kappa, sign term, ...)")
+        cfg, self.kind, self.args = args, kind, args
+        model = cfg.model if model is None else model
+        data = cfg.data if train_dataset is None else train_dataset
+        if model is None or data is None:
+            raise ConfigError("missing --model or --data: the trainer needs a model and preference pairs")
+        seed_everything(cfg.seed)
+        self.accelerator = accelerator or make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
+        if processing_class is not None:
+            self.processor = as_processor(processing_class)
+        elif isinstance(model, (str, Path)):
+            self.processor = load_processor(cfg.tokenizer or model)
+        else:
+            raise ConfigError("a model object needs processing_class= (its tokenizer or processor)")
+        self.template = (load_template(model, self.processor) if isinstance(model, (str, Path))
+                         else self.processor.template)
+        self.pairs = load_pairs(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+        eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
+        self.eval_pairs = None
+        if eval_data is not None:
+            self.eval_pairs = load_pairs(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+        self.model = _build_model(cfg, kind, model, self.processor, self.template)
+        self.result = None
+
+    @classmethod
+    def from_config(cls, cfg: ScoreModelConfig, kind: str | None = None, **kwargs: Any) -> ScoreModelTrainer:
+        """The trainer of a config whose model and data are paths (``saferlhf reward-model`` /
+        ``cost-model``)."""
+        return cls(cfg, kind=kind, **kwargs)
+
+    def _examples(self):
+        """(examples, collate) of the training pairs oriented for this model's loss."""
+        cfg, kind, proc, dev = self.args, self.kind, self.processor, self.accelerator.device
+        if proc.modality == "text":
+            from saferlhf.processing.sft import warn_images_ignored
+
+            warn_images_ignored(self.pairs, cfg.model, f"{kind} model")
+            train, missing = encode_pairs(self.pairs, proc.tokenizer, self.template, cfg, kind)
+            return train, missing, lambda items: collate_pairs(items, proc.pad_token_id, dev)
+        kept, sides, missing = orient_pairs(self.pairs, kind)
+        train = [VLMPairExample(p, hi, set_pair_labels(EncodedPair([], []), p, hi, lo, cfg, kind))
+                 for p, (hi, lo) in zip(kept, sides)]
+        cache: dict = {}
+        return train, missing, lambda items: collate_vlm_score_pairs(items, proc, dev, max_length=cfg.max_length,
+                                                                     image_cache=cache)
+
+    def train(self) -> dict:
+        """Train for the configured steps (checkpoints and resume in ``args.out``) and save the
+        model in ``args.out``; returns the steps and the final train / eval metrics."""
+        cfg, kind, acc = self.args, self.kind, self.accelerator
+        train, missing, collate = self._examples()
+        if missing:
+            acc.print(f"[{kind}-model] {missing} of {len(self.pairs)} pairs have no "
+                      f"{'better' if kind == 'reward' else 'safer'} label and are not used by this loss")
+        if not train:
+            raise ConfigError(f"--data {cfg.data}: no pair carries the label a {kind} model learns from")
+        eval_pairs = self.eval_pairs
+
+        def evaluate(m) -> dict[str, float]:
+            sm = acc.unwrap_model(m)
+            sa, sb = score_pairs(sm, self.processor, self.template, eval_pairs, max_length=cfg.max_length,
+                                 batch_size=max(cfg.batch_size, 32))
+            s = summarize_scores(kind, eval_pairs, sa, sb)
+            return {k: v for k, v in s.items() if isinstance(v, float)}
+
+        self.result = run_supervised_loop(
+            cfg, acc, self.model, n_examples=len(train), collate=lambda idx: collate([train[i] for i in idx]),
+            loss_fn=make_loss_fn(cfg, kind), evaluate=evaluate if eval_pairs else None, name=f"{kind}-model")
+        self.save_model(cfg.out)
+        return {"steps": self.result.steps, "train": self.result.final_metrics, "eval": self.result.eval_metrics}
+
+    def save_model(self, output_dir: str | None = None) -> Path:
+        """Save the score model raw (normalisation off; its statistics go with it and RL / eval
+        switch it on) with its processor, atomically."""
+        out = Path(output_dir or self.args.out)
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            with atomic_files(out) as tmp:
+                acc.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.processor, merge_lora=True)
+        return out
 
 
 def train_score_model(cfg: ScoreModelConfig, kind: str) -> dict:
     """Train a reward (``kind='reward'``) or cost (``'cost'``) model; save it in ``cfg.out``."""
-    from saferlhf.data import load_pairs
-
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
-    tokenizer = load_processor(cfg.tokenizer or cfg.model)
-    is_vlm = isinstance(tokenizer, VLMProcessor)
-    template = load_template(cfg.model, tokenizer)
-    pairs = load_pairs(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
-    if is_vlm:
-        kept, sides, missing = orient_pairs(pairs, kind)
-        train = [VLMPairExample(p, hi, set_pair_labels(EncodedPair([], []), p, hi, lo, cfg, kind))
-                 for p, (hi, lo) in zip(kept, sides)]
-    else:
-        from saferlhf.trainers.sft import warn_images_ignored
-
-        warn_images_ignored(pairs, cfg.model, f"{kind} model")
-        train, missing = encode_pairs(pairs, tokenizer, template, cfg, kind)
-    if missing:
-        accelerator.print(f"[{kind}-model] {missing} of {len(pairs)} pairs have no "
-                          f"{'better' if kind == 'reward' else 'safer'} label and are not used by this loss")
-    if not train:
-        raise ConfigError(f"--data {cfg.data}: no pair carries the label a {kind} model learns from")
-    eval_pairs = None
-    if cfg.eval_data:
-        eval_pairs = load_pairs(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
-    model = _build_model(cfg, kind, tokenizer, template)
-    pad_id = tokenizer.pad_token_id
-    cache: dict = {}
-
-    def evaluate(m) -> dict[str, float]:
-        sm = accelerator.unwrap_model(m)
-        sa, sb = score_pairs(sm, tokenizer, template, eval_pairs, max_length=cfg.max_length,
-                             batch_size=max(cfg.batch_size, 32))
-        s = summarize_scores(kind, eval_pairs, sa, sb)
-        return {k: v for k, v in s.items() if isinstance(v, float)}
-
-    result = run_supervised_loop(
-        cfg, accelerator, model, n_examples=len(train),
-        collate=(lambda idx: collate_vlm_score_pairs([train[i] for i in idx], tokenizer, accelerator.device,
-                                                     max_length=cfg.max_length, image_cache=cache))
-        if is_vlm else (lambda idx: collate_pairs([train[i] for i in idx], pad_id, accelerator.device)),
-        loss_fn=make_loss_fn(cfg, kind), evaluate=evaluate if eval_pairs else None, name=f"{kind}-model")
-    accelerator.wait_for_everyone()
-    # Saved raw (normalisation off); its statistics go with it and RL / eval switch it on.
-    final = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        with atomic_files(cfg.out) as tmp:
-            final.save_pretrained(tmp, tokenizer=tokenizer, merge_lora=True)
-    return {"steps": result.steps, "train": result.final_metrics, "eval": result.eval_metrics}
+    return ScoreModelTrainer.from_config(cfg, kind=kind).train()
 
 
 def run_reward_model(cfg: RewardModelConfig) -> dict:

@@ -16,29 +16,32 @@ unreadable image stops the run with an error naming the record.
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import SFTConfig
-from saferlhf.data.templates import Template, template_for
+from saferlhf.data.templates import template_for
 from saferlhf.losses import sft_loss
 from saferlhf.models.checkpoint import load_template, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.tiny import tiny_llama
-from saferlhf.models.tiny_vlm import VLMProcessor, freeze_vlm_parts, load_processor, tiny_vlm
-from saferlhf.trainers.common import (
-    encode_prompt_responses,
-    make_accelerator,
-    pad_sequences,
-    seed_everything,
+from saferlhf.models.tiny_vlm import freeze_vlm_parts, tiny_vlm
+from saferlhf.processing import as_processor, load_processor
+from saferlhf.processing.sft import (  # noqa: F401 - SFT encoding, re-exported for old imports
+    IGNORE,
+    PrefixUnstableTemplate,
+    SFTExample,
+    assistant_spans,
+    collate_sft,
+    encode_sft_examples,
+    warn_images_ignored,
 )
+from saferlhf.trainers.common import make_accelerator, seed_everything
 from saferlhf.trainers.loop import run_supervised_loop
-
-IGNORE = -100
 
 
 def lora_spec(cfg) -> dict | None:
@@ -47,147 +50,6 @@ def lora_spec(cfg) -> dict | None:
         return None
     return {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": getattr(cfg, "lora_dropout", 0.0),
             "target_modules": list(cfg.lora_targets) or "all-linear"}
-
-
-class SFTExample(NamedTuple):
-    """One encoded demonstration.
-
-    ``input_ids``: prompt + response (+ EOS), cut at ``max_length``. ``prompt_length``: where
-    the last assistant turn starts (everything from there is a target). ``spans``: the
-    ``[start, end)`` token ranges of the earlier assistant turns of a multi-turn record, also
-    targets (empty for a single turn). Indexing ``e[0]``, ``e[1]`` works as for the plain
-    ``(input_ids, prompt_length)`` pairs this used to be.
-    """
-
-    input_ids: list[int]
-    prompt_length: int
-    spans: tuple[tuple[int, int], ...] = ()
-
-
-class PrefixUnstableTemplate(ValueError):
-    """The chat template does not render a conversation as an extension of its prefixes."""
-
-
-def _render(tokenizer, template: Template, messages: list[dict], *, generation_prompt: bool) -> str:
-    """The text of ``messages``; ``generation_prompt`` opens the assistant's next turn."""
-    if not messages:
-        return ""
-    if template.kind == "chat":
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    return template.render(tokenizer, messages)  # the plain template has no generation prompt switch
-
-
-def assistant_spans(tokenizer, template: Template, messages: list[dict], prompt_ids: list[int]) -> list[tuple[int, int]]:
-    """Token ranges ``[start, end)`` of the assistant turns inside ``prompt_ids`` (the tokens of
-    ``messages`` rendered with a generation prompt, i.e. the context of the next assistant turn).
-
-    The conversation is rendered prefix by prefix: for assistant turn k the text up to the start
-    of its turn (``messages[:k]`` + generation prompt) and up to its end (``messages[:k+1]``).
-    Each must be a text prefix of the next and of the whole (the template is *prefix-stable*);
-    the character boundaries are then mapped to tokens through the tokenizer's offset mapping
-    of the whole text (a token counts when it lies entirely inside the turn, whose trailing
-    whitespace, the separator before the next turn, is left out), or, for tokenizers
-    without offsets, by checking that each prefix tokenises to a prefix of ``prompt_ids``.
-    The response is never located by searching decoded text. Raises
-    :class:`PrefixUnstableTemplate` when the template or the tokenisation is not prefix-stable.
-    """
-    full = _render(tokenizer, template, messages, generation_prompt=True)
-    bounds = []
-    for k, m in enumerate(messages):
-        if m.get("role") != "assistant":
-            continue
-        a = _render(tokenizer, template, messages[:k], generation_prompt=True)
-        b = _render(tokenizer, template, messages[:k + 1], generation_prompt=False)
-        if not (b.startswith(a) and full.startswith(b)):
-            raise PrefixUnstableTemplate(
-                f"assistant turn {k}: the chat template does not render the conversation as an "
-                "extension of its prefixes (it rewrites earlier turns)")
-        bounds.append((len(a), max(len(a), len(b.rstrip()))))  # trailing whitespace separates turns
-    if not bounds:
-        return []
-    offsets = None
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        if list(enc["input_ids"]) == list(prompt_ids):
-            offsets = enc["offset_mapping"]
-    spans = []
-    for s_char, e_char in bounds:
-        if offsets is not None:
-            inside = [i for i, (s, e) in enumerate(offsets) if s >= s_char and e <= e_char and e > s]
-            if inside:
-                spans.append((inside[0], inside[-1] + 1))
-            continue
-        s_ids = tokenizer(full[:s_char], add_special_tokens=False)["input_ids"] if s_char else []
-        e_ids = tokenizer(full[:e_char], add_special_tokens=False)["input_ids"]
-        if list(prompt_ids[:len(s_ids)]) != list(s_ids) or list(prompt_ids[:len(e_ids)]) != list(e_ids):
-            raise PrefixUnstableTemplate(
-                "the tokenizer does not tokenise the conversation as an extension of its prefixes "
-                "(tokens merge across a turn boundary) and gives no offset mapping")
-        if len(e_ids) > len(s_ids):
-            spans.append((len(s_ids), len(e_ids)))
-    return spans
-
-
-def encode_sft_examples(records, tokenizer, template: Template, max_length: int, *,
-                        strict: bool = False) -> list[SFTExample]:
-    """Encode SFT records; the loss goes on every assistant turn (DESIGN §3.1).
-
-    A single-turn record is ``prompt + response + EOS`` with the response as target, exactly as
-    :func:`saferlhf.data.templates.encode_prompt_response` gives it (the encoding RM, CM and RL
-    use). A ``messages`` record is encoded the same way around its *last* assistant turn (the
-    earlier turns, rendered by the template, form the prompt) and its earlier assistant turns
-    are targets too, located by token offsets (:func:`assistant_spans`). When the template is
-    not prefix-stable, such a record falls back to its last assistant turn with a warning
-    (``strict=True``: the error is raised). Records whose prompt alone does not fit in
-    ``max_length`` are left out with a warning that counts them (never silently).
-    """
-    prompts, responses, multi = [], [], []
-    for r in records:
-        prompt, response = r.prompt_and_response()
-        prompts.append(prompt)
-        responses.append(response)
-        multi.append(r.messages is not None and isinstance(prompt, list)
-                     and any(m.get("role") == "assistant" for m in prompt))
-    encoded = encode_prompt_responses(tokenizer, template, prompts, responses, max_length=None)
-    out: list[SFTExample] = []
-    too_long, unstable, first_error = 0, 0, None
-    for r, prompt, (ids, plen), is_multi in zip(records, prompts, encoded, multi):
-        if plen >= max_length:
-            too_long += 1
-            continue
-        spans: tuple[tuple[int, int], ...] = ()
-        if is_multi:
-            try:
-                spans = tuple(assistant_spans(tokenizer, template, prompt, ids[:plen]))
-            except PrefixUnstableTemplate as e:
-                if strict:
-                    raise PrefixUnstableTemplate(f"{r.source or 'SFT record'}: {e}") from e
-                unstable += 1
-                first_error = first_error or f"{r.source or 'SFT record'}: {e}"
-        out.append(SFTExample(ids[:max_length], plen, spans))
-    if too_long:
-        warnings.warn(f"SFT: {too_long} of {len(records)} records left out: their prompt is longer than "
-                      f"max_length={max_length} tokens (raise --max-length to keep them)", stacklevel=2)
-    if unstable:
-        warnings.warn(f"SFT: {unstable} multi-turn records train on their last assistant turn only: "
-                      f"{first_error}. Use a prefix-stable chat template to train every turn.", stacklevel=2)
-    return out
-
-
-def collate_sft(examples, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE off the targets).
-
-    ``examples``: :class:`SFTExample` or plain ``(input_ids, prompt_length)`` pairs.
-    """
-    ids, mask = pad_sequences([e[0] for e in examples], pad_id, side="right")
-    target = torch.zeros_like(mask, dtype=torch.bool)
-    for i, e in enumerate(examples):
-        n = len(e[0])
-        target[i, e[1]:n] = True  # the (last) response
-        for s, t in (e[2] if len(e) > 2 else ()):
-            target[i, s:min(t, n)] = True  # earlier assistant turns
-    labels = torch.where(target & (mask == 1), ids, torch.full_like(ids, IGNORE))
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def sft_step(model, batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -232,7 +94,7 @@ def _load_model_and_tokenizer(cfg: SFTConfig):
         model = load_causal_lm(cfg.model, dtype="fp32" if cfg.precision != "bf16" else "bf16",
                                gradient_checkpointing=cfg.gradient_checkpointing)
         template = load_template(cfg.model, tokenizer)
-    if cfg.freeze and not isinstance(tokenizer, VLMProcessor):
+    if cfg.freeze and as_processor(tokenizer).modality == "text":
         raise ConfigError(f"--freeze {cfg.freeze}: parts of a vision-language model, but --model {cfg.model} "
                           "is a text model")
     spec = lora_spec(cfg)
@@ -243,73 +105,119 @@ def _load_model_and_tokenizer(cfg: SFTConfig):
     return model, tokenizer, template
 
 
+class SFTTrainer:
+    """Supervised fine-tuning on response tokens (TRL conventions)::
+
+        trainer = SFTTrainer(SFTConfig(out="runs/sft"), model=model, processing_class=tokenizer,
+                             train_dataset=dataset)
+        trainer.train()
+        trainer.save_model()
+
+    ``model``: a ``PreTrainedModel`` (text or VLM) or a path / hub id / ``tiny`` (default
+    ``args.model``). ``processing_class``: a tokenizer, an HF processor or a
+    :class:`~saferlhf.processing.Processor` (default: the one saved beside a model path).
+    ``train_dataset`` / ``eval_dataset``: a ``datasets.Dataset``, a list of dicts or a path / hub
+    id of SFT records (default ``args.data`` / ``args.eval_data``).
+    """
+
+    def __init__(self, args: SFTConfig, *, model: Any = None, processing_class: Any = None,
+                 train_dataset: Any = None, eval_dataset: Any = None, accelerator=None) -> None:
+        from saferlhf.data import load_sft
+
+        cfg = self.args = args
+        data = cfg.data if train_dataset is None else train_dataset
+        if data is None:
+            raise ConfigError("missing --data: the trainer needs SFT records (args.data or train_dataset=)")
+        seed_everything(cfg.seed)
+        self.accelerator = accelerator or make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
+        self.model, self.processor, self.template = _model_and_processor(cfg, model, processing_class)
+        self.records = load_sft(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+        if not self.records:
+            raise ConfigError(f"--data {_describe(data)}: no usable SFT records")
+        eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
+        self.eval_records = None
+        if eval_data is not None:
+            self.eval_records = load_sft(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+        self.meta: dict[str, Any] = {"stage": "sft"}
+        if self.processor.modality != "text":
+            self.meta.update(modality=self.processor.modality, freeze=list(cfg.freeze))
+        self.result = None
+
+    @classmethod
+    def from_config(cls, cfg: SFTConfig, **kwargs: Any) -> SFTTrainer:
+        """The trainer of a config whose model and data are paths (what ``saferlhf sft`` runs)."""
+        return cls(cfg, **kwargs)
+
+    def train(self) -> dict[str, Any]:
+        """Train for the configured steps (checkpoints and resume in ``args.out``), save the
+        policy in ``args.out``; returns the final train and eval metrics."""
+        cfg, acc = self.args, self.accelerator
+        train, to_batch = self.processor.sft_examples(self.records, cfg.max_length, stage="SFT", model=cfg.model)
+        evals = (self.processor.sft_examples(self.eval_records, cfg.max_length)[0]
+                 if self.eval_records is not None else None)
+
+        def batch_of(items):
+            return {k: v.to(acc.device) for k, v in to_batch(items).items()}
+
+        def evaluate(m) -> dict[str, float]:
+            m.eval()
+            tot, n = {"loss": 0.0, "token_accuracy": 0.0}, 0
+            with torch.inference_mode():
+                for i in range(0, len(evals), cfg.batch_size):
+                    batch = batch_of(evals[i:i + cfg.batch_size])
+                    loss, met = sft_step(m, batch)
+                    k = len(batch["input_ids"])
+                    tot["loss"] += float(loss) * k
+                    tot["token_accuracy"] += met["token_accuracy"] * k
+                    n += k
+            return {k: v / max(n, 1) for k, v in tot.items()}
+
+        self.result = run_supervised_loop(cfg, acc, self.model, n_examples=len(train),
+                                          collate=lambda idx: batch_of([train[i] for i in idx]),
+                                          loss_fn=sft_step, evaluate=evaluate if evals else None, name="sft")
+        self.save_model(cfg.out)
+        return {"steps": self.result.steps, "train": self.result.final_metrics, "eval": self.result.eval_metrics}
+
+    def save_model(self, output_dir: str | None = None) -> Path:
+        """The policy with its processor and template as a ``save_pretrained`` folder."""
+        out = Path(output_dir or self.args.out)
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            extra = {} if self.result is None else {"steps": self.result.steps,
+                                                    "final_metrics": self.result.final_metrics,
+                                                    "eval_metrics": self.result.eval_metrics}
+            save_policy(acc.unwrap_model(self.model), self.processor, out, template=self.template,
+                        meta={**self.meta, **extra})
+        return out
+
+
+def _describe(source: Any) -> str:
+    return str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
+
+
+def _model_and_processor(cfg: SFTConfig, model: Any, processing_class: Any):
+    """(model, processor, template): from objects, or loaded as ``args.model`` says."""
+    if model is None:
+        model, tokenizer, template = _load_model_and_tokenizer(cfg)
+        return model, as_processor(tokenizer, template), template
+    if isinstance(model, (str, Path)):
+        model, tokenizer, template = _load_model_and_tokenizer(dataclasses.replace(cfg, model=str(model)))
+        return model, as_processor(tokenizer, template), template
+    if processing_class is None:
+        raise ConfigError("a model object needs processing_class= (its tokenizer or processor)")
+    processor = as_processor(processing_class)
+    if cfg.freeze and processor.modality == "text":
+        raise ConfigError(f"--freeze {cfg.freeze}: parts of a vision-language model, but the model is a text model")
+    spec = lora_spec(cfg)
+    if spec is not None:
+        model = apply_lora(model, spec)
+    if cfg.freeze:
+        freeze_vlm_parts(model, cfg.freeze)
+    return model, processor, processor.template
+
+
 def run_sft(cfg: SFTConfig) -> Path:
     """Train and save the SFT policy in ``cfg.out``; returns the folder."""
-    from saferlhf.data import load_sft
-
-    seed_everything(cfg.seed)
-    accelerator = make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
-    model, tokenizer, template = _load_model_and_tokenizer(cfg)
-    records = load_sft(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
-    if not records:
-        raise ConfigError(f"--data {cfg.data}: no usable SFT records")
-    eval_records = None
-    if cfg.eval_data:
-        eval_records = load_sft(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
-    meta: dict[str, Any] = {"stage": "sft"}
-    if isinstance(tokenizer, VLMProcessor):  # batches collated with their images
-        from saferlhf.data.multimodal import collate_vlm_sft
-
-        cache: dict = {}
-        train, evals = records, eval_records
-
-        def to_batch(items):
-            return collate_vlm_sft(items, tokenizer, max_length=cfg.max_length, image_cache=cache)
-
-        meta.update(modality="image-text", freeze=list(cfg.freeze))
-    else:
-        warn_images_ignored(records, cfg.model, "SFT")
-        train = encode_sft_examples(records, tokenizer, template, cfg.max_length)
-        evals = (encode_sft_examples(eval_records, tokenizer, template, cfg.max_length)
-                 if eval_records is not None else None)
-
-        def to_batch(items):
-            return collate_sft(items, tokenizer.pad_token_id)
-
-    def batch_of(items):
-        return {k: v.to(accelerator.device) for k, v in to_batch(items).items()}
-
-    def collate(indices):
-        return batch_of([train[i] for i in indices])
-
-    def evaluate(m) -> dict[str, float]:
-        m.eval()
-        tot, n = {"loss": 0.0, "token_accuracy": 0.0}, 0
-        with torch.inference_mode():
-            for i in range(0, len(evals), cfg.batch_size):
-                batch = batch_of(evals[i:i + cfg.batch_size])
-                loss, met = sft_step(m, batch)
-                k = len(batch["input_ids"])
-                tot["loss"] += float(loss) * k
-                tot["token_accuracy"] += met["token_accuracy"] * k
-                n += k
-        return {k: v / max(n, 1) for k, v in tot.items()}
-
-    result = run_supervised_loop(cfg, accelerator, model, n_examples=len(train), collate=collate,
-                                 loss_fn=sft_step, evaluate=evaluate if evals else None, name="sft")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_policy(accelerator.unwrap_model(model), tokenizer, cfg.out, template=template,
-                    meta={**meta, "steps": result.steps, "final_metrics": result.final_metrics,
-                          "eval_metrics": result.eval_metrics})
+    SFTTrainer.from_config(cfg).train()
     return Path(cfg.out)
-
-
-def warn_images_ignored(records, model: str, stage: str) -> None:
-    """A text model trained on records that carry images reads their text only: say so."""
-    n = sum(1 for r in records if getattr(r, "images", None))
-    if n:
-        warnings.warn(f"{stage}: {n} of {len(records)} records carry images but --model {model} is a text "
-                      "model: the images are ignored (use a VLM to train on them)", stacklevel=3)
-
-
