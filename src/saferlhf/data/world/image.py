@@ -66,7 +66,7 @@ from saferlhf.data.world.generate import (
     write_world_data,
 )
 from saferlhf.data.world.language import default_spec, vocabulary
-from saferlhf.data.world.oracles import Analysis, PromptInfo, World
+from saferlhf.data.world.oracles import Analysis, OracleQueries, PromptInfo, World, WorldFiles
 from saferlhf.data.world.responses import sample_response, sample_type
 
 IMAGE_WORLD_VERSION = "1"
@@ -351,7 +351,7 @@ class _ObjectView:
         return self._world.analyze(self._obj, response)
 
 
-class ImageWorld:
+class ImageWorld(WorldFiles, OracleQueries):
     """Rules, oracles and (optionally) the data directory of an image world.
 
     Oracles take the *object* an image shows: an object name, or an image reference of this
@@ -405,34 +405,12 @@ class ImageWorld:
     def vocabulary(self) -> list[str]:
         return image_vocabulary(self.spec)
 
-    @property
-    def tokenizer_dir(self) -> Path | None:
-        if self.root is None or not (self.root / "tokenizer").is_dir():
-            return None
-        return self.root / "tokenizer"
-
-    def _read(self, name: str) -> list[dict[str, Any]]:
-        if name not in self._records:
-            if self.root is None:
-                raise ValueError(f"this ImageWorld has no data directory; cannot read {name}")
-            with open(self.root / name) as f:
-                self._records[name] = [json.loads(line) for line in f if line.strip()]
-        return self._records[name]
-
-    @property
-    def eval_prompt_records(self) -> list[dict[str, Any]]:
-        return self._read("prompts_eval.jsonl")
-
-    @property
-    def train_prompt_records(self) -> list[dict[str, Any]]:
-        return self._read("prompts_train.jsonl")
-
     def eval_items(self) -> list[tuple[str, str]]:
         """Held-out ``(prompt, absolute image path)`` items."""
         return [(r["prompt"], self.image_path(r["image"])) for r in self.eval_prompt_records]
 
     def eval_pairs(self) -> list[dict[str, Any]]:
-        return self._read("pairs_eval.jsonl")
+        return self.read_data("pairs_eval.jsonl")
 
     def image_path(self, rel: str) -> str:
         """The absolute path of an image given relative to the world directory."""
@@ -478,17 +456,6 @@ class ImageWorld:
         """The text world's analysis of ``response`` for the object's topic."""
         obj = self.object_of(image_or_object)
         return self.text.analyze(self._topic_prompt[obj], response)
-
-    def helpfulness(self, image_object: Any, response: str) -> float:
-        """Oracle helpfulness h(image, y)."""
-        return self.analyze(image_object, response).helpfulness
-
-    def harm(self, image_object: Any, response: str) -> float:
-        """Oracle harm c*(image, y) >= 0 (unsafe iff > 0)."""
-        return self.analyze(image_object, response).harm
-
-    def is_safe(self, image_object: Any, response: str) -> bool:
-        return self.harm(image_object, response) == 0
 
     def severity_level(self, image_object: Any, response: str) -> int:
         obj = self.object_of(image_object)
