@@ -53,7 +53,8 @@ class TrainConfig:
         "lr_scheduler_type": "lr_scheduler", "train_dataset": "data", "eval_dataset": "eval_data",
     }
 
-    data: str = option(help="training data file (jsonl/json/parquet) or hub id")
+    data: str | None = option(None, help="training data file (jsonl/json/parquet) or hub id; required unless "
+                                         "the trainer is given train_dataset")
     out: str = option(help="output directory (a save_pretrained checkpoint + metrics.jsonl)")
     eval_data: str | None = option(None, help="held-out data evaluated every eval_every steps and at the end")
     data_format: DataFormat = option("auto", help="adapter used to read --data")
@@ -107,7 +108,8 @@ class SFTConfig(TrainConfig):
 
 @dataclass(kw_only=True)
 class ScoreModelConfig(TrainConfig):
-    model: str = option(help="initial model: an SFT checkpoint dir (as in the paper) or any backbone dir")
+    model: str | None = option(None, help="initial model: an SFT checkpoint dir (as in the paper) or any backbone "
+                                          "dir; required unless the trainer is given a model object")
     tokenizer: str | None = option(None, help="tokenizer dir (default: the model's)")
     loss_type: Literal["sequence", "token"] = option("sequence", help="sequence-wise or token-wise loss")
     reg_coeff: float = option(1e-3, help="score regulariser alpha (mean squared end score)")

@@ -582,7 +582,10 @@ class VLMProcessor:
         n = getattr(processor, "num_image_tokens", None) or getattr(processor, "image_seq_length", None)
         if style == "llava" and not n:
             size = ip.crop_size if getattr(ip, "crop_size", None) else ip.size
-            side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+            side = size
+            if not isinstance(size, int):  # a dict or transformers' SizeDict
+                get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+                side = get("height") or get("shortest_edge")
             patch = getattr(processor, "patch_size", None) or 14
             n = _llava_tokens(side, patch, type(ip).__name__.lower(),
                               getattr(processor, "vision_feature_select_strategy", None) or "default")
@@ -629,16 +632,17 @@ class VLMProcessor:
 
     @classmethod
     def _from_hf_checkpoint(cls, path: Path, tok, template: Template | None) -> VLMProcessor:
-        cfg_path, pp_path = path / "config.json", path / "preprocessor_config.json"
-        if not (cfg_path.is_file() and pp_path.is_file()):
+        cfg_path = path / "config.json"
+        pp = _hf_image_processor_settings(path)
+        if not cfg_path.is_file() or pp is None:
             raise FileNotFoundError(
-                f"{path}: no {PROCESSOR_FILE}, and not an HF VLM checkpoint (config.json + preprocessor_config.json)"
+                f"{path}: no {PROCESSOR_FILE}, and not an HF VLM checkpoint (config.json + preprocessor_config.json "
+                "or processor_config.json)"
             )
         cfg = json.loads(cfg_path.read_text())
         style = next((s for s, types in _MODEL_TYPES.items() if cfg.get("model_type") in types), None)
         if style is None:
             raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} is not a supported VLM style {STYLES}")
-        pp = json.loads(pp_path.read_text())
         if style == "qwen2_vl":
             ip = _image_processor_from_dict("Qwen2VLImageProcessorPil", pp)
             return cls(tok, ip, style=style, template=template)
@@ -680,12 +684,28 @@ def _llava_tokens(image_size: int, patch_size: int, vision_type: str, strategy: 
 _PIL_PROCESSORS = ("CLIPImageProcessorPil", "SiglipImageProcessorPil", "Qwen2VLImageProcessorPil")
 
 
+def _hf_image_processor_settings(path: Path) -> dict[str, Any] | None:
+    """The image processor settings of an HF checkpoint folder: ``preprocessor_config.json``
+    (transformers 4), or the ``image_processor`` section of ``processor_config.json``
+    (transformers 5); None when it has neither."""
+    pre, proc = path / "preprocessor_config.json", path / "processor_config.json"
+    try:
+        if pre.is_file():
+            return json.loads(pre.read_text())
+        if proc.is_file():
+            section = json.loads(proc.read_text()).get("image_processor")
+            return section if isinstance(section, dict) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def hf_vlm_style(path: str | os.PathLike) -> str | None:
     """The VLM style of an HF checkpoint folder as the hub ships it (``config.json`` with a
-    LLaVA / Qwen2-VL ``model_type`` + ``preprocessor_config.json``), else None."""
+    LLaVA / Qwen2-VL ``model_type`` + its image processor's settings), else None."""
     path = Path(path)
-    cfg_path, pp_path = path / "config.json", path / "preprocessor_config.json"
-    if not (cfg_path.is_file() and pp_path.is_file()):
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file() or _hf_image_processor_settings(path) is None:
         return None
     try:
         model_type = json.loads(cfg_path.read_text()).get("model_type")

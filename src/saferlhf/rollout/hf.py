@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saferlhf.data.collate import pad_sequences
 from saferlhf.models.policy import eval_mode, unwrap_model
 from saferlhf.rollout.base import RolloutBackend, RolloutBatch, SamplingParams, build_rollout_batch
 
@@ -177,6 +178,17 @@ class HFRolloutBackend(RolloutBackend):
             suppress_tokens=list(self.suppress_tokens) or None,
         )
 
+    def _row_images(self, image_inputs: Any, n_prompts: int, n: int) -> Any:
+        """The vision inputs of every generated row (each prompt's repeated ``n`` times)."""
+        if image_inputs is None:
+            return None
+        if len(image_inputs.images_per_row) != n_prompts:
+            raise ValueError(f"image_inputs has {len(image_inputs.images_per_row)} rows for {n_prompts} prompts")
+        if not hasattr(self.tokenizer, "model_kwargs"):
+            raise ValueError("image_inputs need a VLM processor as the backend's tokenizer (it builds the "
+                             "vision kwargs)")
+        return image_inputs.repeat_rows(n) if n > 1 else image_inputs
+
     def generate(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -209,23 +221,12 @@ class HFRolloutBackend(RolloutBackend):
         rows = [p for p in prompts for _ in range(n)]
         prompt_index = [i for i in range(len(prompts)) for _ in range(n)]
         B = len(rows)
-        row_images = None
-        if image_inputs is not None:
-            if len(image_inputs.images_per_row) != len(prompts):
-                raise ValueError(f"image_inputs has {len(image_inputs.images_per_row)} rows for {len(prompts)} prompts")
-            if not hasattr(self.tokenizer, "model_kwargs"):
-                raise ValueError("image_inputs need a VLM processor as the backend's tokenizer (it builds the "
-                                 "vision kwargs)")
-            row_images = image_inputs.repeat_rows(n) if n > 1 else image_inputs
+        row_images = self._row_images(image_inputs, len(prompts), n)
         P = max(len(p) for p in rows)
 
         model = unwrap_model(self.model, self.unwrap)
         device = _model_device(model)
-        input_ids = torch.full((B, P), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((B, P), dtype=torch.long)
-        for i, p in enumerate(rows):
-            input_ids[i, P - len(p) :] = torch.as_tensor(p, dtype=torch.long)
-            attention_mask[i, P - len(p) :] = 1
+        input_ids, attention_mask = pad_sequences(rows, self.pad_token_id, side="left")
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
 
         cfg = self.generation_config(sampling)

@@ -53,6 +53,53 @@ def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _start_state(cfg: TrainConfig, accelerator, out: Path, name: str) -> TrainerState:
+    """A fresh state, or the last complete checkpoint's with ``--resume``; records the run's
+    config and drops metrics logged after the checkpoint."""
+    state = TrainerState()
+    if cfg.resume:
+        loaded = load_training_checkpoint(accelerator, out)
+        if loaded is not None:
+            state = loaded
+            accelerator.print(f"[{name}] resumed from step {state.step}")
+        else:
+            accelerator.print(f"[{name}] --resume: no complete checkpoint in {out}; starting fresh")
+    if accelerator.is_main_process:
+        save_run_config(out, cfg)
+        if state.step > 0:
+            truncate_metrics(out / "metrics.jsonl", state.step)
+    return state
+
+
+def _micro_step(accelerator, model, batch, loss_fn, optimizer, scheduler, *, params, max_grad_norm: float,
+                state: TrainerState, epoch: int) -> dict[str, float]:
+    """Forward, backward and (at the end of an accumulation) the clipped optimiser step of one
+    micro-batch. A non-finite loss or gradient norm stops the run before the optimiser applies it."""
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            loss, metrics = loss_fn(model, batch)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"step {state.step + 1}: metric 'loss' is {loss_value} (before the optimiser "
+                f"step; micro-batch {state.micro_step}, epoch {epoch}); stopping. Lower the "
+                "learning rate, keep gradient clipping (max_grad_norm) on, or check the data "
+                "of this step.")
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm > 0:
+            metrics["grad_norm"] = float(accelerator.clip_grad_norm_(params, max_grad_norm))
+            if not math.isfinite(metrics["grad_norm"]):
+                raise NonFiniteLossError(
+                    f"step {state.step + 1}: metric 'grad_norm' is {metrics['grad_norm']} "
+                    f"(loss {loss_value:.4g}; before the optimiser step); stopping. Lower the "
+                    "learning rate or check the data of this step.")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    metrics["loss"] = loss_value
+    return metrics
+
+
 def run_supervised_loop(
     cfg: TrainConfig,
     accelerator,
@@ -80,18 +127,7 @@ def run_supervised_loop(
                                warmup_ratio=cfg.warmup_ratio)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = TrainerState()
-    if cfg.resume:
-        loaded = load_training_checkpoint(accelerator, out)
-        if loaded is not None:
-            state = loaded
-            accelerator.print(f"[{name}] resumed from step {state.step}")
-        else:
-            accelerator.print(f"[{name}] --resume: no complete checkpoint in {out}; starting fresh")
-    if accelerator.is_main_process:
-        save_run_config(out, cfg)
-        if state.step > 0:
-            truncate_metrics(out / "metrics.jsonl", state.step)
+    state = _start_state(cfg, accelerator, out, name)
     logger = MetricsLogger(out, report_to=cfg.report_to, is_main=accelerator.is_main_process,
                            run_name=name, console_every=cfg.log_every, resume=state.step > 0, config=cfg)
     stream = micro_batch_stream(n_examples, cfg.batch_size, seed=cfg.seed,
@@ -103,7 +139,6 @@ def run_supervised_loop(
     last: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     params = [p for p in model.parameters() if p.requires_grad]
-    clip = cfg.max_grad_norm > 0
     model.train()
     with contextlib.ExitStack() as stack:
         stack.enter_context(cpu_threads(model, accelerator.device))
@@ -114,28 +149,8 @@ def run_supervised_loop(
             for _ in range(cfg.grad_accum):
                 epoch, indices = next(stream)
                 batch = collate(indices)
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss, metrics = loss_fn(model, batch)
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise NonFiniteLossError(
-                            f"step {state.step + 1}: metric 'loss' is {loss_value} (before the optimiser "
-                            f"step; micro-batch {state.micro_step}, epoch {epoch}); stopping. Lower the "
-                            "learning rate, keep gradient clipping (max_grad_norm) on, or check the data "
-                            "of this step.")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and clip:
-                        metrics["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
-                        if not math.isfinite(metrics["grad_norm"]):
-                            raise NonFiniteLossError(
-                                f"step {state.step + 1}: metric 'grad_norm' is {metrics['grad_norm']} "
-                                f"(loss {loss_value:.4g}; before the optimiser step); stopping. Lower the "
-                                "learning rate or check the data of this step.")
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                metrics["loss"] = loss_value
+                metrics = _micro_step(accelerator, model, batch, loss_fn, optimizer, scheduler,
+                                      params=params, max_grad_norm=cfg.max_grad_norm, state=state, epoch=epoch)
                 acc.append(metrics)
                 state.micro_step += 1
                 if on_step_end is not None:
