@@ -106,10 +106,12 @@ def run_budget(cfg) -> dict[str, Any]:
     from saferlhf.models.checkpoint import load_template, read_meta
     from saferlhf.models.loading import load_causal_lm, load_tokenizer
     from saferlhf.models.policy import disable_dropout
-    from saferlhf.models.tiny_vlm import is_vlm_dir
+    from saferlhf.models.scorers import (
+        FrozenScorer,  # the RL trainer's scorer: the same scores as in training
+    )
+    from saferlhf.processing import is_vlm_dir
     from saferlhf.rollout.base import SamplingParams
     from saferlhf.rollout.hf import HFRolloutBackend
-    from saferlhf.models.scorers import FrozenScorer  # the RL trainer's scorer: the same scores as in training
 
     if is_vlm_dir(cfg.policy):
         raise ConfigError(f"saferlhf budget: --policy {cfg.policy} is a vision-language model; the budget helper "
