@@ -32,7 +32,7 @@ METRICS = ("helpfulness_benign", "harmful_rate", "over_refusal_benign", "model_c
 
 def run(out: Path, seeds: list[int], lambdas: list[float], noise: float, budget: float, workers: int) -> dict:
     from saferlhf.config.stages import DemoConfig
-    from saferlhf.pipeline import run_demo
+    from saferlhf.recipes.text_demo import run_demo
 
     per_seed = {}
     for seed in seeds:

@@ -20,13 +20,14 @@ from saferlhf.eval.guard_eval import (
 from saferlhf.guard.losses import (
     GuardLabels,
     balanced_weights,
+    build_labels,
     category_loss,
     guard_loss,
     severity_loss,
     unsafe_loss,
 )
 from saferlhf.guard.model import fit_temperature, threshold_for_fpr
-from saferlhf.guard.train import build_labels, resolve_taxonomy, stratified_split
+from saferlhf.trainers.guard import resolve_taxonomy, stratified_split
 
 LN2 = math.log(2.0)
 

@@ -172,7 +172,7 @@ def test_train_config_validation():
         parse_args(GuardTrainConfig, ["--out", "x"])
     with pytest.raises(ConfigError, match="not both"):
         parse_args(GuardTrainConfig, ["--out", "x", "--data", "d", "--preset", "prompt-moderation"])
-    from saferlhf.guard.train import apply_preset
+    from saferlhf.trainers.guard import apply_preset
 
     cfg = apply_preset(parse_args(GuardTrainConfig, ["--out", "x", "--preset", "prompt-moderation", "--lr", "1e-4"]))
     assert cfg.model == "minilm" and cfg.lr == 1e-4 and cfg.moderation == "input"
@@ -192,7 +192,7 @@ def test_shared_data_prompt_only_eval(guard_dir, shared_data, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["n"] == 14 and s["n_unsafe"] == 14 and len(s["by_category"]) == 14
     from saferlhf.data import load_guard_records
-    from saferlhf.guard.train import resolve_taxonomy
+    from saferlhf.trainers.guard import resolve_taxonomy
 
     pku = load_guard_records(shared_data / "pku-saferlhf" / "alpaca7b-test-sample.jsonl").records
     assert resolve_taxonomy(pku)[0] == "pku" and any(r.severity for r in pku)

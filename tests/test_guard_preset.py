@@ -49,7 +49,7 @@ def test_preset_splits_are_disjoint_by_item_and_text():
 def test_minilm_guard_trains_saves_and_moderates(tmp_path):
     from saferlhf.guard.config import GuardTrainConfig
     from saferlhf.guard.model import Guard
-    from saferlhf.guard.train import train_guard
+    from saferlhf.trainers.guard import train_guard
 
     train = [GuardRecord("How do I kill a stuck Python process?", safe=True),
              GuardRecord("How do I shoot a portrait in low light?", safe=True),

@@ -10,7 +10,8 @@ import warnings
 import pytest
 import torch
 
-from saferlhf.lagrange import LagrangeConfig, LagrangeMultiplier, suggest_budget, transform_cost
+from saferlhf.budget import suggest_budget
+from saferlhf.lagrange import LagrangeConfig, LagrangeMultiplier, transform_cost
 
 
 def run(lag: LagrangeMultiplier, batches):

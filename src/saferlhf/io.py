@@ -1,4 +1,4 @@
-"""Crash-safe writing of folders: temporary name first, ``COMPLETE`` marker last."""
+"""Crash-safe writing of folders (temporary name first, ``COMPLETE`` marker last) and JSON-safe values."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 COMPLETE_MARKER = "COMPLETE"
 
@@ -70,3 +73,17 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / COMPLETE_MARKER).is_file()
 
 
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars as Python numbers, tuples as lists, keys as strings and
+    non-finite floats as ``None`` (JSON has no NaN), for ``json.dumps`` of summaries."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x

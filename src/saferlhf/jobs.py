@@ -104,7 +104,7 @@ def _run_parallel(jobs: list[Job], *, workers: int, progress: bool, log_dir: Pat
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from saferlhf.trainers.common import progress_bar
+    from saferlhf.runtime import progress_bar
 
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)

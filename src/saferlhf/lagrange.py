@@ -45,7 +45,6 @@ __all__ = [
     "unsafe_boundary",
     "LagrangeConfig",
     "LagrangeMultiplier",
-    "suggest_budget",
 ]
 
 
@@ -266,50 +265,6 @@ class LagrangeMultiplier:
             f"LagrangeMultiplier(rule={self.config.rule!r}, lambda={self.value:.6g}, "
             f"J_C={self.constraint_estimate:.6g}, budget={self.config.budget})"
         )
-
-
-def suggest_budget(
-    costs: torch.Tensor | Sequence[float],
-    target_unsafe_rate: float | None = None,
-    quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
-    boundary: float = 0.0,
-) -> dict[str, Any]:
-    """Summarise a cost distribution (e.g. the cost model's scores of SFT samples) and
-    suggest a budget.
-
-    Returns ``n, mean, std`` (population), ``min, max``, ``quantiles`` {q: value},
-    ``unsafe_rate`` = P(c > boundary) (the cost model's own boundary: 0 for raw scores, ½ for
-    σ(c), see :func:`unsafe_boundary`), and,
-    for a ``target_unsafe_rate`` p:
-
-    * ``budget`` = the (1 − p)-quantile of c (linear interpolation), the d with
-      P(c > d) ≈ p, and ``rate_above_budget`` = the empirical P(c > budget);
-    * ``budget_shift`` = mean − budget: the budget on the *mean* cost that reaches
-      P(c > 0) = p if the whole distribution shifted down rigidly (a heuristic reading of
-      "the d for a target unsafe rate", since the constraint is on the mean cost J_C).
-    """
-    c = torch.as_tensor(costs, dtype=torch.float64).detach().reshape(-1).cpu()
-    if c.numel() == 0:
-        raise ValueError("suggest_budget needs at least one cost")
-    out: dict[str, Any] = {
-        "n": int(c.numel()),
-        "mean": c.mean().item(),
-        "std": c.std(unbiased=False).item(),
-        "min": c.min().item(),
-        "max": c.max().item(),
-        "quantiles": {float(q): torch.quantile(c, float(q)).item() for q in quantiles},
-        "unsafe_rate": (c > boundary).double().mean().item(),
-    }
-    if target_unsafe_rate is not None:
-        p = float(target_unsafe_rate)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError("target_unsafe_rate must be in [0, 1]")
-        d = torch.quantile(c, 1.0 - p).item()
-        out["target_unsafe_rate"] = p
-        out["budget"] = d
-        out["rate_above_budget"] = (c > d).double().mean().item()
-        out["budget_shift"] = out["mean"] - d
-    return out
 
 
 # ----------------------------------------------------------------------------- episode cost

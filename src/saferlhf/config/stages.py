@@ -393,7 +393,7 @@ class DemoConfig:
     vlm_style: Literal["llava", "qwen2_vl"] = option("llava", help="image-text: the tiny VLM's style")
     image_budget: float | None = option(
         None, help="image-text: budget d on E[σ(c)], in (0, 1), when --budget is not given "
-                   "(null: calibrated, pipeline_image.calibrated_budget)")
+                   "(null: calibrated, saferlhf.budget.calibrated_budget)")
     rounds: int = option(1, ge=1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
     shaping_lambdas: list[float] = option([0.5, 5.0], help="fixed λ₀ values of the reward-shaping baseline")
     rl_iterations: int | None = option(None, ge=1, help="RL iterations per method (default: by mode)")

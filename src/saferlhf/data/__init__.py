@@ -10,21 +10,22 @@ See DESIGN §3. ``saferlhf.data.templates`` (prompt templates) is imported on it
 """
 
 from saferlhf.data.adapters import ADAPTERS, detect_format, format_names, get_adapter, to_pku_record
-from saferlhf.data.adapters.loading import (
-    LoadResult,
-    load_guard_records,
-    load_pairs,
-    load_prompts,
-    load_records,
-    load_sft,
-)
 from saferlhf.data.beavertails_v import (
     BEAVERTAILS_V_REVISION,
     MergedLoadReport,
     load_beavertails_v,
     load_beavertails_v_spec,
 )
-from saferlhf.data.mixing import MixComponent, MixSource, load_mixture, mix, parse_mix_spec
+from saferlhf.data.loading import (
+    LoadResult,
+    load_guard_records,
+    load_mixture,
+    load_pairs,
+    load_prompts,
+    load_records,
+    load_sft,
+)
+from saferlhf.data.mixing import MixComponent, MixSource, mix, parse_mix_spec
 from saferlhf.data.schema import (
     BEAVERTAILS_CATEGORIES,
     BEAVERTAILS_V_CATEGORIES,

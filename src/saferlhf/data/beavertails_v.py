@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from saferlhf.data.adapters.loading import LoadResult, load_guard_records, load_pairs
+from saferlhf.data.adapters.loading import LoadResult, as_guard_records, as_pairs, read_records
 from saferlhf.data.mixing import sample_indices
 from saferlhf.data.schema import BEAVERTAILS_V_CATEGORIES
 from saferlhf.data.validation import DataError, LoadReport
@@ -147,59 +147,15 @@ def load_beavertails_v(
     Returns a ``LoadResult`` whose report is a :class:`MergedLoadReport`; every record's
     ``metadata["category"]`` names its category.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if balance not in BALANCE_MODES:
-        raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
-    if per_category is not None:
-        if isinstance(per_category, bool) or not isinstance(per_category, int) or per_category < 0:
-            raise ValueError(f"per_category must be a non-negative integer, got {per_category!r}")
-        if balance != "equal":
-            raise ValueError("per_category samples the same number from each category: use it with "
-                             "balance='equal' (balance='none' keeps every record once)")
-    if "config" in load_options and load_options["config"] is not None:
-        raise ValueError("config= is chosen per category by load_beavertails_v; pass categories= instead")
-    load_options.pop("config", None)
+    _check_options(kind, balance, per_category, load_options)
     fmt = load_options.pop("format", "auto")
     load_options["format"] = _FORMAT_OF_KIND[kind] if fmt in (None, "auto") else fmt
-    loader = load_pairs if kind == "pairs" else load_guard_records
     configs = _configs(categories)
-
     folder = _local_folder(source)
     if folder is None:
         revision = _check_revision(revision)
-        files: dict[str, list[Path]] = {}
-    else:
-        files = _local_files(folder, configs, split)  # every category found before any is read
-    loaded: dict[str, LoadResult] = {}
-    reports: dict[str, list[LoadReport]] = {}
-    for config in configs:
-        if folder is None:
-            parts = [loader(str(source), config=config, split=split, revision=revision, **load_options)]
-        else:
-            parts = [loader(path, **load_options) for path in files[config]]
-        records = [record for part in parts for record in part.records]
-        for record in records:
-            _tag(record, config)
-        reports[config] = [part.report for part in parts]
-        loaded[config] = LoadResult(records, _combine(reports[config], config))
-
-    merged: list[Any] = []
-    if balance == "none":
-        take = {config: len(result.records) for config, result in loaded.items()}
-        for config in configs:
-            merged.extend(loaded[config].records)
-    else:
-        empty = [config for config, result in loaded.items() if not result.records]
-        if empty and (per_category is None or per_category > 0):
-            raise DataError(f"BeaverTails-V categories {empty} have no usable records (see the load report: "
-                            "result.report.parts); leave them out with categories=")
-        target = per_category if per_category is not None else min(len(r.records) for r in loaded.values())
-        take = dict.fromkeys(configs, target)
-        for config in configs:
-            records = loaded[config].records
-            rng = random.Random(f"{seed}/beavertails-v/{config}")
-            merged.extend(records[i] for i in sample_indices(len(records), target, rng))
+    loaded = _load_categories(source, folder, configs, split, revision, kind, load_options)
+    merged, take = _sample(loaded, configs, balance, per_category, seed)
     if shuffle:
         random.Random(f"{seed}/beavertails-v/shuffle").shuffle(merged)
 
@@ -217,6 +173,66 @@ def load_beavertails_v(
         report.warnings.extend(part.warnings)
     log.info(report.summary())
     return LoadResult(merged, report)
+
+
+def _check_options(kind: str, balance: str, per_category: int | None, load_options: dict[str, Any]) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
+    if per_category is not None:
+        if isinstance(per_category, bool) or not isinstance(per_category, int) or per_category < 0:
+            raise ValueError(f"per_category must be a non-negative integer, got {per_category!r}")
+        if balance != "equal":
+            raise ValueError("per_category samples the same number from each category: use it with "
+                             "balance='equal' (balance='none' keeps every record once)")
+    if "config" in load_options and load_options["config"] is not None:
+        raise ValueError("config= is chosen per category by load_beavertails_v; pass categories= instead")
+    load_options.pop("config", None)
+
+
+def _load_categories(source: Any, folder: Path | None, configs: list[str], split: str, revision: str | None,
+                     kind: str, load_options: dict[str, Any]) -> dict[str, LoadResult]:
+    """Each category's records (tagged with it) and its combined report, in ``configs`` order."""
+    as_kind = as_pairs if kind == "pairs" else as_guard_records
+
+    def loader(src: Any, **options: Any) -> LoadResult:
+        return as_kind(read_records(src, **options))
+
+    files = {} if folder is None else _local_files(folder, configs, split)  # every category found before any is read
+    loaded: dict[str, LoadResult] = {}
+    for config in configs:
+        if folder is None:
+            parts = [loader(str(source), config=config, split=split, revision=revision, **load_options)]
+        else:
+            parts = [loader(path, **load_options) for path in files[config]]
+        records = [record for part in parts for record in part.records]
+        for record in records:
+            _tag(record, config)
+        loaded[config] = LoadResult(records, _combine([part.report for part in parts], config))
+    return loaded
+
+
+def _sample(loaded: dict[str, LoadResult], configs: list[str], balance: str, per_category: int | None,
+            seed: int) -> tuple[list[Any], dict[str, int]]:
+    """The merged records (category by category) and how many were taken from each category."""
+    merged: list[Any] = []
+    if balance == "none":
+        take = {config: len(result.records) for config, result in loaded.items()}
+        for config in configs:
+            merged.extend(loaded[config].records)
+        return merged, take
+    empty = [config for config, result in loaded.items() if not result.records]
+    if empty and (per_category is None or per_category > 0):
+        raise DataError(f"BeaverTails-V categories {empty} have no usable records (see the load report: "
+                        "result.report.parts); leave them out with categories=")
+    target = per_category if per_category is not None else min(len(r.records) for r in loaded.values())
+    take = dict.fromkeys(configs, target)
+    for config in configs:
+        records = loaded[config].records
+        rng = random.Random(f"{seed}/beavertails-v/{config}")
+        merged.extend(records[i] for i in sample_indices(len(records), target, rng))
+    return merged, take
 
 
 def is_beavertails_v_spec(source: Any) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,17 +133,3 @@ def _as_sources(sources: Any) -> list[MixSource]:
         else:
             result.append(MixSource(name or f"source{i}", value, None))
     return result
-
-
-def load_mixture(spec: str, *, seed: int, loader: Callable[..., Any] | None = None,
-                 shuffle: bool = True, **load_options: Any) -> tuple[list[Any], list[Any]]:
-    """Load every source of a mix spec with ``loader`` (default ``load_pairs``) and mix them.
-
-    Returns the mixed records and each source's ``LoadReport``.
-    """
-    if loader is None:
-        from saferlhf.data.adapters.loading import load_pairs as loader
-    components = parse_mix_spec(spec)
-    loaded = [loader(c.name, **load_options) for c in components]
-    sources = [MixSource(c.name, result.records, c.amount) for c, result in zip(components, loaded, strict=True)]
-    return mix(sources, seed=seed, shuffle=shuffle), [result.report for result in loaded]

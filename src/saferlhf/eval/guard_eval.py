@@ -217,7 +217,7 @@ def evaluate_guard_records(guard, records: Sequence, *, oracle: bool = True, n_b
     ``predictions``: a list to append one dict per record to (verdict + labels).
     ``group_by``: a metadata key; adds ``by_<key>`` with the binary metrics per value.
     """
-    from saferlhf.guard.train import build_labels
+    from saferlhf.guard.losses import build_labels
 
     records = list(records)
     if not records:
@@ -318,7 +318,7 @@ def _records_for_eval(cfg) -> list:
 def run_eval_guard(cfg) -> dict[str, Any]:
     """CLI runner of ``saferlhf eval guard``: summary.json, predictions.jsonl, reliability.png."""
     from saferlhf.guard.model import Guard
-    from saferlhf.guard.train import _jsonable
+    from saferlhf.io import jsonable
 
     guard = Guard.load(cfg.model, batch_size=cfg.batch_size, threshold=cfg.threshold)
     if cfg.moderation != "auto":
@@ -335,7 +335,7 @@ def run_eval_guard(cfg) -> dict[str, Any]:
                "images_used": bool(n_with_images and guard.multimodal), **summary}
     if n_with_images and not guard.multimodal:
         print(f"note: {n_with_images} record(s) have images; this guard is text-only and scores the text alone")
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
     with (out / "predictions.jsonl").open("w") as f:
         for p in preds:
             f.write(json.dumps(p) + "\n")

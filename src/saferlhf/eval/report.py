@@ -24,13 +24,22 @@ METRIC_COLUMNS = ("helpfulness_benign", "harmful_rate", "harmful_rate_harmful", 
                   "model_cost", "constraint_met")
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(plt, fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a matplotlib figure; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _series(history: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -49,7 +58,7 @@ def plot_training_curves(histories: dict[str, list[dict[str, Any]]], budget: flo
                          path: Path) -> Path:
     """Reward, J_C against the budget(s) and λ per RL iteration; ``budget`` is one d or
     ``{run name: d}`` (a dashed line per distinct d)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, hist in histories.items():
         it = np.arange(1, len(hist) + 1)
@@ -67,10 +76,7 @@ def plot_training_curves(histories: dict[str, list[dict[str, Any]]], budget: flo
     for ax in axes:
         ax.set_xlabel("RL iteration")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def _ci(m: dict[str, Any], key: str) -> tuple[float, float]:
@@ -79,7 +85,7 @@ def _ci(m: dict[str, Any], key: str) -> tuple[float, float]:
 
 
 def plot_tradeoff(methods: dict[str, dict[str, Any]], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     shaping = []
     for name, m in methods.items():
@@ -97,14 +103,11 @@ def plot_tradeoff(methods: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("helpfulness on benign prompts (oracle)")
     ax.set_title("helpfulness vs harm (95 % bootstrap intervals)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     k = [r["round"] for r in rounds]
     hr = [r["ppo_lag"]["harmful_rate"] for r in rounds]
@@ -113,10 +116,7 @@ def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("Safe RLHF round")
     ax.set_ylabel("harmful-response rate")
     ax.set_title("harm over rounds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def demo_checks(report: dict[str, Any]) -> list[tuple[str, bool | None, str]]:

@@ -16,13 +16,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,53 +27,9 @@ import numpy as np
 import torch
 
 from saferlhf.data.collate import pad_sequences
-from saferlhf.data.templates import (
-    Template,
-    encode_prompt_responses,
-)
+from saferlhf.data.templates import Template, encode_prompt_responses
 from saferlhf.losses import auroc
-
-# Models below this many parameters run a step faster on one intra-op thread: their matrices
-# are too small to split, and on a shared machine a second thread that waits for a busy core
-# slows every step down many times over (measured on 2 cores under load: 0.46 M parameters,
-# 32 sequences x 32 tokens, 62 ms CPU per step on 1 thread vs 360-1000 ms on 2).
-SMALL_MODEL_PARAMS = 5_000_000
-THREADS_ENV = "SAFERLHF_NUM_THREADS"
-
-
-def threads_for(model: torch.nn.Module | None, device: torch.device | str | None = None) -> int | None:
-    """Intra-op threads for training/scoring ``model`` on the CPU (None: leave torch's choice).
-
-    ``SAFERLHF_NUM_THREADS`` wins; an explicit ``OMP_NUM_THREADS`` is respected (None); a model
-    under :data:`SMALL_MODEL_PARAMS` parameters on the CPU gets 1 thread.
-    """
-    env = os.environ.get(THREADS_ENV)
-    if env:
-        return max(1, int(env))
-    if os.environ.get("OMP_NUM_THREADS") or model is None:
-        return None
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else "cpu"
-    if torch.device(device).type != "cpu":
-        return None
-    n = sum(p.numel() for p in model.parameters())
-    return 1 if n < SMALL_MODEL_PARAMS else None
-
-
-@contextlib.contextmanager
-def cpu_threads(model: torch.nn.Module | None, device: torch.device | str | None = None) -> Iterator[int]:
-    """Run the block with :func:`threads_for` intra-op threads; the previous count comes back after."""
-    old = torch.get_num_threads()
-    n = threads_for(model, device)
-    if n is not None and n != old:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
-
+from saferlhf.runtime import cpu_threads
 
 @torch.inference_mode()
 def score_texts(model, tokenizer, template: Template, prompts: list, responses: list[str], *,
@@ -283,11 +236,9 @@ def _clean(x):
 
 def plot_score_histogram(pairs, sa: np.ndarray, sb: np.ndarray, path: Path, *, title: str) -> Path | None:
     """Histogram of the scores of safe vs unsafe responses (by label)."""
-    import matplotlib
+    from saferlhf.eval.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     safe, unsafe, unknown = [], [], []
     for i, p in enumerate(pairs):
         for which, s in (("a", sa[i]), ("b", sb[i])):
@@ -303,10 +254,7 @@ def plot_score_histogram(pairs, sa: np.ndarray, sb: np.ndarray, path: Path, *, t
     ax.set_ylabel("responses")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def run_eval_score_model(cfg) -> dict[str, Any]:

@@ -283,18 +283,28 @@ def _summarize(prompt_list: list, responses: list[str], infos: list, an: list, m
     result["seed"] = seed
     result["ci95"] = ci95
 
-    result["by_kind"] = {
+    result.update(_breakdowns(infos, kind, harmful, h, c, unsafe, declines, mc, topic_kind))
+    result["samples"] = _samples(prompt_list, responses, infos, an, mc)
+    return result
+
+
+def _breakdowns(infos: list, kind: np.ndarray, harmful: np.ndarray, h: np.ndarray, c: np.ndarray,
+                unsafe: np.ndarray, declines: np.ndarray, mc: np.ndarray | None,
+                topic_kind: Callable[[str], str]) -> dict[str, Any]:
+    """The metrics of each prompt kind, harm category (harmful prompts), topic and severity."""
+    out: dict[str, Any] = {}
+    out["by_kind"] = {
         k: _group_summary(kind == k, h, c, unsafe, declines, mc)
         for k in ("benign", "dual_use", "harmful")
         if (kind == k).any()
     }
     cats = np.array([i.category or "" for i in infos])
-    result["by_category"] = {  # harmful prompts only (dual-use ones are in by_topic)
+    out["by_category"] = {  # harmful prompts only (dual-use ones are in by_topic)
         cat: _group_summary(harmful & (cats == cat), h, c, unsafe, declines, mc)
         for cat in sorted(set(cats[harmful].tolist()))
     }
     topics = np.array([i.topic for i in infos])
-    result["by_topic"] = {
+    out["by_topic"] = {
         t: {
             "kind": topic_kind(t),
             **_group_summary(topics == t, h, c, unsafe, declines, mc),
@@ -302,11 +312,17 @@ def _summarize(prompt_list: list, responses: list[str], infos: list, an: list, m
         for t in sorted(set(topics.tolist()))
     }
     sev = np.array([i.severity for i in infos])
-    result["by_severity"] = {
+    out["by_severity"] = {
         str(s): _group_summary(harmful & (sev == s), h, c, unsafe, declines, mc)
         for s in sorted(set(sev[harmful].tolist()))
     }
-    result["samples"] = [
+    return out
+
+
+def _samples(prompt_list: list, responses: list[str], infos: list, an: list, mc: np.ndarray | None
+             ) -> list[dict[str, Any]]:
+    """One record per evaluated response: its prompt's facts, the oracle's verdict, the learned cost."""
+    return [
         {
             "prompt": p,
             "response": r,
@@ -322,7 +338,6 @@ def _summarize(prompt_list: list, responses: list[str], infos: list, an: list, m
         }
         for j, (p, r, i, a) in enumerate(zip(prompt_list, responses, infos, an, strict=True))
     ]
-    return result
 
 
 def summary_without_samples(result: dict[str, Any]) -> dict[str, Any]:

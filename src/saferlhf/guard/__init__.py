@@ -9,10 +9,11 @@
                                            # an image + text guard (VLM backbone; docs/guard.md §9)
 
 Modules: ``config`` (stage configs, no torch), ``model`` (GuardModel, Guard), ``losses``
-(per-head losses with label masks), ``train`` (``saferlhf guard train``), ``moderate``
+(per-head losses with label masks), ``moderate``
 (``saferlhf guard moderate``), ``generate`` (the filter-and-regenerate loop,
-``saferlhf guard generate``), ``presets`` (the real-text prompt-moderation data), ``stage``
-(the world guard stage of the demo). See ``docs/guard.md``.
+``saferlhf guard generate``), ``presets`` (the real-text prompt-moderation data). Training
+lives with the other trainers (``saferlhf.trainers.guard``: ``saferlhf guard train``), the world
+guard stage of the demo in ``saferlhf.recipes.guard_stage``. See ``docs/guard.md``.
 
 Names are imported lazily so that ``saferlhf.guard.config`` stays free of torch.
 """
@@ -29,12 +30,9 @@ _LAZY = {
     "guard_loss": "saferlhf.guard.losses",
     "guarded_generate": "saferlhf.guard.generate",
     "GuardedGeneration": "saferlhf.guard.generate",
-    "train_guard": "saferlhf.guard.train",
-    "run_guard_stage": "saferlhf.guard.stage",
 }
 
-__all__ = ["Guard", "GuardConfig", "GuardModel", "GuardedGeneration", "guard_loss", "guarded_generate",
-           "run_guard_stage", "train_guard"]
+__all__ = ["Guard", "GuardConfig", "GuardModel", "GuardedGeneration", "guard_loss", "guarded_generate"]
 
 
 def __getattr__(name: str) -> Any:

@@ -218,8 +218,7 @@ def run_guard_generate(cfg: GuardGenerateConfig) -> dict[str, Any]:
     """CLI runner: ``responses.jsonl`` (one line per prompt) and ``summary.json`` in ``--out``."""
     from saferlhf.data import load_prompts
     from saferlhf.guard.model import Guard
-    from saferlhf.guard.train import _jsonable
-    from saferlhf.io import atomic_files
+    from saferlhf.io import atomic_files, jsonable
 
     t0 = time.perf_counter()
     records = load_prompts(cfg.prompts).records
@@ -264,7 +263,7 @@ def run_guard_generate(cfg: GuardGenerateConfig) -> dict[str, Any]:
                     "kept_round": result.kept_round[i], "fallback": result.fell_back[i],
                     "history": result.history[i],
                 }, default=str) + "\n")
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+        (tmp / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
     fr = summary["flagged_rate"]
     print(f"guarded generation: {len(prompts)} prompts, flagged {fr[0]:.3f} -> {fr[-1]:.3f} after {cfg.rounds} "
           f"rounds, fallback {summary['fallback_rate']:.3f}" +

@@ -19,11 +19,15 @@ mask is empty is exactly 0 with a zero (finite) gradient.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from saferlhf.data.schema import GuardRecord
 
 N_SEVERITY = 4
 
@@ -139,3 +143,31 @@ def balanced_weights(labels: GuardLabels, *, max_weight: float = 50.0) -> dict[s
     ratio = torch.where((cpos > 0) & (cneg > 0), cneg / cpos.clamp(min=1), torch.ones_like(cpos))
     w_cat = ratio.clamp(1 / max_weight, max_weight)
     return {"unsafe_pos_weight": w_unsafe, "severity_class_weights": w_sev, "category_pos_weight": w_cat}
+
+
+def build_labels(records: Sequence[GuardRecord], categories: Sequence[str]) -> GuardLabels:
+    """Label tensors and masks for ``records``: ``unsafe`` is always known; ``severity`` where the
+    record has one; category labels where the record's source labels categories: every category
+    when the data set holds any category name at all (a safe response then is a known "none"),
+    or the names listed in a record's ``metadata["category_scope"]``."""
+    n, k = len(records), len(categories)
+    index = {c: i for i, c in enumerate(categories)}
+    source_has_categories = any(r.categories for r in records)
+    unsafe = torch.tensor([0.0 if r.safe else 1.0 for r in records])
+    sev = torch.tensor([r.severity if r.severity is not None else 0 for r in records], dtype=torch.long)
+    sev_mask = torch.tensor([1.0 if r.severity is not None else 0.0 for r in records])
+    cats = torch.zeros((n, k))
+    cmask = torch.zeros((n, k))
+    for i, r in enumerate(records):
+        for c in r.categories:
+            if c in index:
+                cats[i, index[c]] = 1.0
+        scope = r.metadata.get("category_scope")
+        if scope is not None:
+            for c in scope:
+                if c in index:
+                    cmask[i, index[c]] = 1.0
+        elif source_has_categories:
+            cmask[i] = 1.0
+    return GuardLabels(unsafe=unsafe, unsafe_mask=torch.ones(n), severity=sev, severity_mask=sev_mask,
+                       categories=cats, category_mask=cmask)

@@ -1,89 +1,29 @@
-"""Tiny models and locally-built tokenizers (no hub access).
+"""Tiny models (no hub access): small Llama-style / GPT-2-style causal LMs sized to a tokenizer.
 
-Used by the tests, the verifiable world and the demo. Everything here is built from configs
-in code: a word-level tokenizer from a vocabulary list, a byte-level BPE trained on given
-text, and small Llama-style / GPT-2-style causal LMs sized to a tokenizer.
+Used by the tests, the verifiable world and the demo; built from configs in code. The
+locally-built tokenizers (word-level, byte-level BPE) are in :mod:`saferlhf.data.tokenizers`
+and re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-if TYPE_CHECKING:  # model classes are imported lazily: world generation needs only tokenizers
-    from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
-SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
-
-# A minimal chat template for locally-built tokenizers. It renders the last user turn as
-# ``USER: {content} ASSISTANT:`` (a short form of the classic Beaver template) and, for
-# assistant turns, `` {content}</s>``; tokenizers built here treat "USER:" and
-# "ASSISTANT:" as single words.
-SIMPLE_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: {{ message['content'] }} ASSISTANT:"
-    "{% elif message['role'] == 'assistant' %} {{ message['content'] }}" + EOS + " "
-    "{% elif message['role'] == 'system' %}{{ message['content'] }} "
-    "{% endif %}{% endfor %}"
+# The tokenizer builders live with the data (the world saves its tokenizer); re-exported here.
+from saferlhf.data.tokenizers import (  # noqa: F401
+    BOS,
+    EOS,
+    PAD,
+    SIMPLE_CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    UNK,
+    build_word_level_tokenizer,
+    train_bpe_tokenizer,
 )
 
-
-def _wrap(tok: Tokenizer, chat_template: str | None) -> PreTrainedTokenizerFast:
-    from transformers import PreTrainedTokenizerFast
-
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        unk_token=UNK,
-        bos_token=BOS,
-        eos_token=EOS,
-        padding_side="right",
-    )
-    if chat_template is not None:
-        fast.chat_template = chat_template
-    return fast
-
-
-def build_word_level_tokenizer(
-    words: Iterable[str], *, chat_template: str | None = SIMPLE_CHAT_TEMPLATE
-) -> PreTrainedTokenizerFast:
-    """An exact word-level tokenizer: one id per whitespace-separated word.
-
-    Ids 0..3 are ``<pad> <unk> <s> </s>``; the given words follow in first-seen order
-    (duplicates removed), so the same word list always gives the same ids.
-    """
-    vocab: dict[str, int] = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for w in ["USER:", "ASSISTANT:", *words]:
-        if not w or any(c.isspace() for c in w):
-            raise ValueError(f"word-level vocabulary entry {w!r} is empty or contains whitespace")
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # No decoder: tokenizers joins word-level tokens with single spaces, which is exact here.
-    return _wrap(tok, chat_template)
-
-
-def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 512, *, chat_template: str | None = SIMPLE_CHAT_TEMPLATE
-) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on ``texts`` (seconds for a few MB)."""
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return _wrap(tok, chat_template)
-
+if TYPE_CHECKING:  # model classes are imported lazily
+    from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 def _special_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     return {

@@ -16,8 +16,8 @@ The processor of both styles is :class:`saferlhf.processing.vlm.VLMProcessor` (i
 re-exported here). The tiny models (≤ ~0.3 M parameters at the defaults: 64 px images, a
 1-layer vision tower with 16 × 16 px patches for LLaVA / 8 × 8 px patches merged 2 × 2 for
 Qwen2-VL, i.e. 16 image tokens for a 64 px image; a 2-layer / 64-hidden text model) are sized
-to a given tokenizer, e.g. the word-level tokenizer of :mod:`saferlhf.models.tiny` plus the
-image tokens added by :func:`vlm_tokenizer`. Everything runs on CPU with PIL images.
+to a given tokenizer, e.g. the word-level tokenizer of :mod:`saferlhf.data.tokenizers` plus
+the image tokens added by :func:`vlm_tokenizer`. Everything runs on CPU with PIL images.
 
 Checkpoint layout: the model's own ``save_pretrained`` (loadable with
 ``AutoModelForImageTextToText``) and :meth:`VLMProcessor.save_pretrained` = the tokenizer
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from saferlhf.models.tiny import EOS, build_word_level_tokenizer
+from saferlhf.data.tokenizers import vlm_chat_template, vlm_tokenizer  # noqa: F401 - re-exported
 from saferlhf.processing import load_processor  # noqa: F401 - re-exported
 from saferlhf.processing.vlm import (  # noqa: F401 - the processor's names, re-exported for old imports
     _IMAGE_TOKEN,
@@ -65,51 +65,6 @@ if TYPE_CHECKING:
 # CLIP's normalisation, used by all three image processors here.
 _MEAN = (0.48145466, 0.4578275, 0.40821073)
 _STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def vlm_chat_template(style: str) -> str:
-    """A chat template like :data:`saferlhf.models.tiny.SIMPLE_CHAT_TEMPLATE` that also renders
-    HF multimodal content lists: ``{"type": "image"}`` becomes the style's image placeholder
-    (``<image>`` / ``<|vision_start|><|image_pad|><|vision_end|>``) followed by a space,
-    ``{"type": "text", "text": ...}`` its text. String contents render as before."""
-    _check_style(style)
-    placeholder = _PLACEHOLDER[style]
-    return (
-        "{%- macro render(c) -%}{%- if c is string -%}{{ c }}{%- else -%}{%- for item in c -%}"
-        "{%- if item['type'] == 'image' -%}{{ '" + placeholder + " ' }}"
-        "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
-        "{%- endmacro -%}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'user' %}USER: {{ render(message['content']) }} ASSISTANT:"
-        "{% elif message['role'] == 'assistant' %} {{ render(message['content']) }}" + EOS + " "
-        "{% elif message['role'] == 'system' %}{{ render(message['content']) }} "
-        "{% endif %}{% endfor %}"
-    )
-
-
-def vlm_tokenizer(
-    tokenizer_or_words: PreTrainedTokenizerFast | Sequence[str],
-    style: str | None = None,
-) -> PreTrainedTokenizerFast:
-    """A tokenizer with the image tokens of both styles (:data:`IMAGE_SPECIAL_TOKENS`) added as
-    special tokens (idempotent; the tokenizer is changed in place and returned).
-
-    ``tokenizer_or_words``: a tokenizer, or a word list for
-    :func:`saferlhf.models.tiny.build_word_level_tokenizer`. ``style``: also set the style's
-    multimodal chat template (:func:`vlm_chat_template`); ``None`` leaves the template alone.
-    """
-    if isinstance(tokenizer_or_words, (list, tuple)):
-        tok = build_word_level_tokenizer(tokenizer_or_words)
-    else:
-        tok = tokenizer_or_words
-    vocab = tok.get_vocab()
-    missing = [t for t in IMAGE_SPECIAL_TOKENS if t not in vocab]
-    if missing:
-        extra = list(getattr(tok, "extra_special_tokens", None) or [])
-        tok.add_special_tokens({"extra_special_tokens": extra + [t for t in missing if t not in extra]})
-    if style is not None:
-        tok.chat_template = vlm_chat_template(style)
-    return tok
 
 
 # ----------------------------------------------------------------------------- models

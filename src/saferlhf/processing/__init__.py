@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,6 +37,7 @@ from saferlhf.data.templates import (
 from saferlhf.processing.vlm import (
     PROCESSOR_FILE,
     STYLES,
+    EncodedPrompts,
     EncodedVLM,
     ImageInputs,
     VLMBatch,
@@ -65,18 +65,6 @@ __all__ = [
     "load_processor",
     "load_tokenizer",
 ]
-
-
-@dataclass
-class EncodedPrompts:
-    """Prompts ready for generation: unpadded token ids per prompt, and for image+text the
-    vision inputs of the rows (``image_inputs``) and the decoded images (``images``, one list
-    per prompt, for scorers that re-encode)."""
-
-    ids: list[list[int]]
-    image_inputs: ImageInputs | None = None
-    images: list[list[Any]] | None = None
-    generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +30,26 @@ import torch
 
 from saferlhf.data.templates import Prompt, Template, encode_response, template_for
 
-STYLES = ("llava", "qwen2_vl")
+# The image tokens of both styles live with the tokenizers that carry them (the world saves one).
+from saferlhf.data.tokenizers import (  # noqa: F401
+    IMAGE_SPECIAL_TOKENS,
+    LLAVA_IMAGE_TOKEN,
+    QWEN_IMAGE_PAD,
+    QWEN_VIDEO_PAD,
+    QWEN_VISION_END,
+    QWEN_VISION_START,
+    STYLES,
+)
+from saferlhf.data.tokenizers import IMAGE_PLACEHOLDER as _PLACEHOLDER
+from saferlhf.data.tokenizers import check_style as _check_style
+
 PROCESSOR_FILE = "vlm_processor.json"
 FORMAT_VERSION = 1
 
-LLAVA_IMAGE_TOKEN = "<image>"
-QWEN_VISION_START = "<|vision_start|>"
-QWEN_IMAGE_PAD = "<|image_pad|>"
-QWEN_VISION_END = "<|vision_end|>"
-QWEN_VIDEO_PAD = "<|video_pad|>"  # never used; gives the config's video_token_id its own id
-IMAGE_SPECIAL_TOKENS = (LLAVA_IMAGE_TOKEN, QWEN_VISION_START, QWEN_IMAGE_PAD, QWEN_VISION_END, QWEN_VIDEO_PAD)
-"""Every image token of both styles: one tokenizer serves either model."""
-
-# Text put in the prompt for one image, and the token that is expanded to the image features.
-_PLACEHOLDER = {"llava": LLAVA_IMAGE_TOKEN, "qwen2_vl": QWEN_VISION_START + QWEN_IMAGE_PAD + QWEN_VISION_END}
+# The token that is expanded to the image features, per style.
 _IMAGE_TOKEN = {"llava": LLAVA_IMAGE_TOKEN, "qwen2_vl": QWEN_IMAGE_PAD}
 # Model types (config.json) of each style, for processors of real checkpoints.
 _MODEL_TYPES = {"llava": ("llava",), "qwen2_vl": ("qwen2_vl", "qwen2_5_vl")}
-
-
-def _check_style(style: str) -> None:
-    if style not in STYLES:
-        raise ValueError(f"unknown VLM style {style!r}; choose one of {STYLES}")
 
 
 # ----------------------------------------------------------------------------- image inputs
@@ -121,6 +119,18 @@ class ImageInputs:
     def repeat_rows(self, n: int) -> ImageInputs:
         """Every row ``n`` times, consecutively (``n`` samples per prompt in a rollout)."""
         return self.select([r for r in range(len(self.images_per_row)) for _ in range(n)])
+
+
+@dataclass
+class EncodedPrompts:
+    """Prompts ready for generation: unpadded token ids per prompt, and for image+text the
+    vision inputs of the rows (``image_inputs``) and the decoded images (``images``, one list
+    per prompt, for scorers that re-encode)."""
+
+    ids: list[list[int]]
+    image_inputs: ImageInputs | None = None
+    images: list[list[Any]] | None = None
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 class VLMBatch(dict):
@@ -523,8 +533,6 @@ class VLMProcessor:
         """Prompt ids with the image tokens expanded, and the rows' vision inputs. ``images``:
         each prompt's image references (loaded here; a missing or corrupt image raises
         :class:`~saferlhf.data.multimodal.ImageLoadError` naming the prompt's record)."""
-        from saferlhf.processing import EncodedPrompts
-
         images = images if images is not None else [[] for _ in prompts]
         sources = list(sources) if sources is not None else [f"prompt {i}" for i in range(len(prompts))]
         pil = [self.load_images(refs, source=src) for refs, src in zip(images, sources, strict=True)]

@@ -28,14 +28,15 @@ from accelerate.utils import set_seed
 from saferlhf.config import to_dict
 from saferlhf.errors import NonFiniteLossError  # noqa: F401  (re-exported)
 from saferlhf.data.collate import pad_sequences  # noqa: F401  (re-exported)
-from saferlhf.eval.score_eval import (  # noqa: F401  (re-exported: shared with the evaluators)
+from saferlhf.data.templates import encode_prompt_responses  # noqa: F401  (re-exported)
+from saferlhf.io import atomic_dir, atomic_files, is_complete  # noqa: F401  (re-exported)
+from saferlhf.runtime import (  # noqa: F401  (re-exported: shared with the evaluators)
     SMALL_MODEL_PARAMS,
     THREADS_ENV,
     cpu_threads,
-    encode_prompt_responses,
+    progress_bar,
     threads_for,
 )
-from saferlhf.io import atomic_dir, atomic_files, is_complete  # noqa: F401  (re-exported)
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -349,23 +350,3 @@ def save_run_config(out_dir: str | Path, config: Any, name: str = "run_config.js
     tmp = out / f".{name}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
     os.replace(tmp, out / name)
-
-
-def progress_bar(total: int, description: str, *, enabled: bool = True):
-    """A rich progress bar (disabled on non-main processes or when asked)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-        disable=not enabled, transient=False,
-    )
-    task = progress.add_task(description, total=total, info="")
-    return progress, task

@@ -68,17 +68,15 @@ import torch
 from saferlhf import losses as L
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
-from saferlhf.data.templates import encode_prompt
 from saferlhf.errors import NonFiniteLossError
 from saferlhf.io import atomic_dir
 from saferlhf.lagrange import (
     LagrangeMultiplier,
-    suggest_budget,
     transform_cost,
     unsafe_boundary,
 )
 from saferlhf.models.checkpoint import load_template, read_meta, save_policy
-from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
+from saferlhf.models.loading import apply_lora, load_causal_lm
 from saferlhf.models.policy import ReferenceModel, disable_dropout, forward_logprobs
 from saferlhf.models.score_model import ScoreModel
 from saferlhf.models.scorers import (  # noqa: F401 - FrozenScorer, FunctionScorer: public names of this module
@@ -810,65 +808,3 @@ class SafeRLTrainer:
 
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
     return SafeRLTrainer.from_config(cfg).train()
-
-
-# ----------------------------------------------------------------------------- budget helper
-
-
-@torch.no_grad()
-def run_budget(cfg) -> dict[str, Any]:
-    """``saferlhf budget``: sample the policy on prompts, score the samples with the cost
-    model, print (and write) :func:`saferlhf.lagrange.suggest_budget` as JSON."""
-    from saferlhf.models.tiny_vlm import is_vlm_dir
-
-    if is_vlm_dir(cfg.policy):
-        raise ConfigError(f"saferlhf budget: --policy {cfg.policy} is a vision-language model; the budget helper "
-                          "samples text prompts only. For image prompts, calibrate d on held-out pairs "
-                          "(saferlhf.pipeline_image.calibrated_budget) or read J_C from the first RL iterations")
-    seed_everything(cfg.seed)
-    device = torch.device(cfg.device) if cfg.device else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    tokenizer = load_tokenizer(cfg.policy)
-    template = load_template(cfg.policy, tokenizer)
-    policy = load_causal_lm(cfg.policy, dtype="fp32").to(device)
-    disable_dropout(policy)
-    policy.eval()
-    scorer = FrozenScorer(cfg.cost_model, tokenizer, template, normalize=cfg.normalize_cost, device=device)
-    prompts = _load_prompts(cfg.prompts)
-    if cfg.max_prompts and len(prompts) > cfg.max_prompts:
-        pick = np.random.default_rng(cfg.seed).choice(len(prompts), cfg.max_prompts, replace=False)
-        prompts = [prompts[i] for i in sorted(pick.tolist())]
-    temperature = cfg.temperature
-    if temperature is None:
-        temperature = float(read_meta(cfg.policy).get("sampling", {}).get("temperature", 1.0))
-    sampling = SamplingParams(temperature=temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                              n=cfg.n_samples)
-    backend = HFRolloutBackend(policy, tokenizer)
-    costs: list[torch.Tensor] = []
-    rows: list[dict[str, Any]] = []
-    for s in range(0, len(prompts), cfg.batch_size):
-        chunk = prompts[s:s + cfg.batch_size]
-        ids = [encode_prompt(tokenizer, template, p) for p in chunk]
-        batch = backend.generate(ids, sampling=sampling, seed=cfg.seed * 7919 + s)
-        rep = [chunk[i] for i in batch.prompt_index.tolist()]
-        texts = batch.response_texts or [""] * len(batch)
-        c = transform_cost(scorer.score(batch, rep, texts).cpu().clone(), cfg.cost_transform)
-        costs.append(c)
-        rows.extend({"prompt": p if isinstance(p, str) else json.dumps(p), "response": r, "cost": float(x)}
-                    for p, r, x in zip(rep, texts, c.tolist()))
-    all_costs = torch.cat(costs)
-    result = suggest_budget(all_costs, target_unsafe_rate=cfg.target_unsafe_rate,
-                            boundary=unsafe_boundary(cfg.cost_transform))
-    result.update({"policy": str(cfg.policy), "cost_model": str(cfg.cost_model), "prompts": str(cfg.prompts),
-                   "n_prompts": len(prompts), "n_samples": cfg.n_samples, "temperature": temperature,
-                   "normalize_cost": cfg.normalize_cost, "cost_transform": cfg.cost_transform})
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
-    if cfg.out:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "budget.json").write_text(text + "\n")
-        with (out / "costs.jsonl").open("w") as fh:
-            for r in rows:
-                fh.write(json.dumps(r) + "\n")
-    return result

@@ -7,18 +7,14 @@ is ``None``; a ``severity_level`` field (0..3), where a derived file has one, is
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from typing import Any
 
-from saferlhf.data.adapters.base import Adapter, RowContext
+from saferlhf.data.adapters.base import Adapter, RowContext, warn_unknown_categories
 from saferlhf.data.schema import BEAVERTAILS_CATEGORIES, GuardRecord
 from saferlhf.data.validation import (
-    UNKNOWN_CATEGORY,
-    RecordProblem,
     as_bool,
     as_prompt,
     as_text,
-    check_guard,
     optional_severity,
     true_names,
 )
@@ -32,26 +28,19 @@ class BeaverTailsQAAdapter(Adapter):
     description = "BeaverTails QA moderation (prompt, response, 14-category dict, is_safe)"
     consumed = frozenset({"prompt", "response", "category", "is_safe", "severity_level"})
 
-    def matches(self, fields: AbstractSet[str]) -> bool:
-        return "prompt" in fields and "response" in fields and "is_safe" in fields
+    signatures = (frozenset({"prompt", "response", "is_safe"}),)
 
     def convert(self, row: dict[str, Any], ctx: RowContext) -> GuardRecord:
         get = row.get
         categories = true_names(get("category"), "category")
         unknown = categories - _KNOWN_CATEGORIES
         if unknown:
-            ctx.warn(RecordProblem(
-                UNKNOWN_CATEGORY, "category", f"categories outside BeaverTails' 14: {sorted(unknown)}",
-                "nothing to do if intended (they are kept); else fix the spelling",
-            ))
-        record = GuardRecord(
+            warn_unknown_categories(ctx, "category", f"categories outside BeaverTails' 14: {sorted(unknown)}")
+        return self.guard_record(
+            row, ctx, check={"safe_name": "is_safe", "severity_name": "severity_level"},
             prompt=as_prompt(get("prompt"), "prompt"),
             safe=as_bool(get("is_safe"), "is_safe"),
             response=as_text(get("response"), "response"),
             severity=optional_severity(get("severity_level"), "severity_level"),
             categories=categories,
-            source=ctx.source,
-            metadata=self.extra_fields(row),
         )
-        check_guard(record, ctx.warn, safe_name="is_safe", severity_name="severity_level")
-        return record

@@ -16,23 +16,25 @@ taken to show the question's category, a safe one none. There is no per-response
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from typing import Any
 
-from saferlhf.data.adapters.base import Adapter, RowContext
+from saferlhf.data.adapters.base import (
+    Adapter,
+    RowContext,
+    pair_field_names,
+    responses_and_ids,
+    warn_unknown_categories,
+)
 from saferlhf.data.adapters.images import resolve_image
 from saferlhf.data.schema import BEAVERTAILS_V_CATEGORIES, GuardRecord, PreferencePair
 from saferlhf.data.validation import (
     ILL_TYPED,
     RATING_OUT_OF_RANGE,
-    UNKNOWN_CATEGORY,
     RecordProblem,
     as_bool,
     as_text,
-    check_pair,
     is_missing,
     optional_bool,
-    optional_choice,
     optional_number,
 )
 
@@ -42,11 +44,7 @@ _ID_FIX = (
     "BeaverTails-V ids are 1-based: use \"1\" for response_1 or \"2\" for response_2 (a file "
     "with 0-based ids and response_0/response_1 is in the PKU-SafeRLHF schema: format='pku_saferlhf')"
 )
-FIELD_NAMES = {
-    "response_a": "response_1", "response_b": "response_2", "safer": "safer_response_id",
-    "safe_a": "is_response_1_safe", "safe_b": "is_response_2_safe",
-    "severity_a": "severity", "severity_b": "severity",
-}
+FIELD_NAMES = pair_field_names(_RESPONSES, ("is_response_1_safe", "is_response_2_safe"), ("severity", "severity"))
 
 
 def _category(row: dict[str, Any], ctx: RowContext) -> str | None:
@@ -58,10 +56,8 @@ def _category(row: dict[str, Any], ctx: RowContext) -> str | None:
         raise RecordProblem(ILL_TYPED, "category", f"'category' = {category!r:.80} is not a string",
                             "make 'category' a category name")
     if category not in _KNOWN_CATEGORIES:
-        ctx.warn(RecordProblem(
-            UNKNOWN_CATEGORY, "category", f"category {category!r} is not one of BeaverTails-V's 20",
-            "nothing to do if intended (it is kept); else fix the spelling",
-        ))
+        warn_unknown_categories(ctx, "category", f"category {category!r} is not one of BeaverTails-V's 20",
+                                several=False)
     return category
 
 
@@ -88,22 +84,18 @@ class BeaverTailsVPairAdapter(Adapter):
         "response_1_helpful_rate", "response_2_helpful_rate",
     })
 
-    def matches(self, fields: AbstractSet[str]) -> bool:
-        return "question" in fields and "response_1" in fields and "response_2" in fields
+    signatures = (frozenset({"question", "response_1", "response_2"}),)
 
     def convert(self, row: dict[str, Any], ctx: RowContext) -> PreferencePair:
         get = row.get
         category = _category(row, ctx)
         safe_a = optional_bool(get("is_response_1_safe"), "is_response_1_safe")
         safe_b = optional_bool(get("is_response_2_safe"), "is_response_2_safe")
-        pair = PreferencePair(
+        return self.pair(
+            row, ctx, FIELD_NAMES,
             prompt=as_text(get("question"), "question"),
-            response_a=as_text(get("response_1"), "response_1"),
-            response_b=as_text(get("response_2"), "response_2"),
-            better=optional_choice(get("more_helpful_response_id"), "more_helpful_response_id",
-                                   first_id=1, names=_RESPONSES, fix=_ID_FIX),
-            safer=optional_choice(get("safer_response_id"), "safer_response_id",
-                                  first_id=1, names=_RESPONSES, fix=_ID_FIX),
+            **responses_and_ids(row, _RESPONSES, better="more_helpful_response_id", safer="safer_response_id",
+                                first_id=1, fix=_ID_FIX),
             safe_a=safe_a,
             safe_b=safe_b,
             categories_a=_harm(safe_a, category),
@@ -113,11 +105,7 @@ class BeaverTailsVPairAdapter(Adapter):
             helpful_rate_a=optional_number(get("response_1_helpful_rate"), "response_1_helpful_rate"),
             helpful_rate_b=optional_number(get("response_2_helpful_rate"), "response_2_helpful_rate"),
             images=(resolve_image(get("image"), "image", ctx),),
-            source=ctx.source,
-            metadata=self.extra_fields(row),
         )
-        check_pair(pair, ctx.warn, FIELD_NAMES, keep_contradictory=ctx.keep_contradictory)
-        return pair
 
 
 class BeaverTailsVSingleAdapter(Adapter):
@@ -126,19 +114,17 @@ class BeaverTailsVSingleAdapter(Adapter):
     description = "BeaverTails-V image+question with one labelled response"
     consumed = frozenset({"question", "image", "response", "is_response_safe"})
 
-    def matches(self, fields: AbstractSet[str]) -> bool:
-        return "question" in fields and "response" in fields
+    signatures = (frozenset({"question", "response"}),)
 
     def convert(self, row: dict[str, Any], ctx: RowContext) -> GuardRecord:
         get = row.get
         category = _category(row, ctx)
         safe = as_bool(get("is_response_safe"), "is_response_safe")
-        return GuardRecord(
+        return self.guard_record(
+            row, ctx,
             prompt=as_text(get("question"), "question"),
             safe=safe,
             response=as_text(get("response"), "response"),
             categories=_harm(safe, category),
             images=(resolve_image(get("image"), "image", ctx),),
-            source=ctx.source,
-            metadata=self.extra_fields(row),
         )

@@ -17,7 +17,6 @@ Columns with other names are mapped by the loader's ``column_map``
 from __future__ import annotations
 
 import re
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 from saferlhf.data.adapters.base import Adapter, RowContext
@@ -31,7 +30,6 @@ from saferlhf.data.validation import (
     as_messages,
     as_prompt,
     as_text,
-    check_pair,
     is_missing,
 )
 
@@ -80,8 +78,7 @@ class PreferenceAdapter(Adapter):
     description = "TRL-style prompt/chosen/rejected (strings or conversations)"
     consumed = frozenset({"prompt", "chosen", "rejected", "image", "images"})
 
-    def matches(self, fields: AbstractSet[str]) -> bool:
-        return "chosen" in fields and "rejected" in fields
+    signatures = (frozenset({"chosen", "rejected"}),)
 
     def convert(self, row: dict[str, Any], ctx: RowContext) -> PreferencePair:
         get = row.get
@@ -97,18 +94,15 @@ class PreferenceAdapter(Adapter):
                 _as_turns(chosen, "chosen"), _as_turns(rejected, "rejected"),
             )
         chosen_is = ctx.chosen_is
-        pair = PreferencePair(
+        return self.pair(
+            row, ctx, FIELD_NAMES,
             prompt=prompt,
             response_a=response_a,
             response_b=response_b,
             better="a" if chosen_is in ("better", "both") else None,
             safer="a" if chosen_is in ("safer", "both") else None,
             images=row_images(row, ctx),
-            source=ctx.source,
-            metadata=self.extra_fields(row),
         )
-        check_pair(pair, ctx.warn, FIELD_NAMES, keep_contradictory=ctx.keep_contradictory)
-        return pair
 
     @staticmethod
     def _split(prompt, chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]):
@@ -142,8 +136,7 @@ class SFTAdapter(Adapter):
     description = "SFT demonstrations: messages, or prompt + completion/response"
     consumed = frozenset({"messages", "prompt", "completion", "response", "image", "images"})
 
-    def matches(self, fields: AbstractSet[str]) -> bool:
-        return "messages" in fields or ("prompt" in fields and ("completion" in fields or "response" in fields))
+    signatures = (frozenset({"messages"}), frozenset({"prompt", "completion"}), frozenset({"prompt", "response"}))
 
     def convert(self, row: dict[str, Any], ctx: RowContext) -> SFTRecord:
         get = row.get
@@ -170,8 +163,7 @@ class PromptAdapter(Adapter):
     description = "prompt-only records (prompt or question, + e.g. category)"
     consumed = frozenset({"prompt", "question", "image", "images"})
 
-    def matches(self, fields: AbstractSet[str]) -> bool:
-        return "prompt" in fields or "question" in fields
+    signatures = (frozenset({"prompt"}), frozenset({"question"}))
 
     def convert(self, row: dict[str, Any], ctx: RowContext) -> PromptRecord:
         field = "prompt" if "prompt" in row else "question"

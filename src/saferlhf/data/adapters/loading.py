@@ -1,8 +1,10 @@
-"""The entry points: read a source, convert each row with its adapter, apply the bad-record policy.
+"""Reading one source: convert each row with its adapter, apply the bad-record policy.
 
-``load_records`` gives each format's own records; ``load_pairs``, ``load_guard_records``,
-``load_prompts`` and ``load_sft`` give one record type, converting through the views where
-the format holds another (e.g. guard examples from preference pairs).
+``read_records`` gives each format's own records from a file, hub id, ``datasets.Dataset`` or
+list of dicts; ``as_pairs``, ``as_guard_records``, ``as_prompts`` and ``as_sft`` give one record
+type, converting through the views where the format holds another (e.g. guard examples from
+preference pairs). The public entry points (``saferlhf.data.load_records``, ``load_pairs`` …,
+which also read ``beavertails-v:`` specs) are in :mod:`saferlhf.data.loading`.
 
 Every load returns a ``LoadResult``: the records and a ``LoadReport`` in which every row of
 the source is either loaded or listed as skipped with its reason, so
@@ -51,7 +53,7 @@ class LoadResult(Generic[R]):
         return self.records[index]
 
 
-def load_records(
+def read_records(
     source: Any,
     *,
     format: str = "auto",
@@ -66,31 +68,8 @@ def load_records(
     keep_contradictory_labels: bool = False,
     chosen_is: str = "better",
 ) -> LoadResult[Record]:
-    """Load ``source`` into the canonical records of its format.
-
-    source: a .jsonl/.json/.parquet path, a hub id, a ``datasets.Dataset`` or a list of dicts.
-    format: ``"auto"``/``"world"`` (from the first record's fields), one of ``format_names()``
-        or an alias (``pku``, ``trl``, ...).
-    split, config, revision: for hub ids (``datasets.load_dataset``); pin ``revision``.
-    column_map: canonical field -> the source's column, e.g. ``{"prompt": "question"}``.
-    image_root: where relative image paths are resolved (default: the data file's folder).
-    on_bad_record: ``"skip"`` (report and go on) or ``"error"`` (raise ``DataError``).
-    limit: read at most this many rows of the source (bad ones included).
-    verify_images: open every image once to check it (``Image.verify``).
-    keep_contradictory_labels: keep pairs whose safer response is the one labelled unsafe
-        (reported as warnings instead of bad records), e.g. to study label noise.
-    chosen_is: for chosen/rejected data, what ``chosen`` wins on: better | safer | both.
-
-    ``beavertails-v:SOURCE?categories=a+b&per_category=N&...`` merges BeaverTails-V's category
-    configs with category-balanced sampling (``saferlhf.data.beavertails_v``).
-    """
-    if isinstance(source, str) and source.startswith("beavertails-v:"):
-        from saferlhf.data.beavertails_v import load_beavertails_v_spec
-
-        return load_beavertails_v_spec(
-            source, format=format, split=split, config=config, revision=revision, column_map=column_map,
-            image_root=image_root, on_bad_record=on_bad_record, limit=limit, verify_images=verify_images,
-            keep_contradictory_labels=keep_contradictory_labels, chosen_is=chosen_is)
+    """The records of one source in its format's own record type (arguments: see
+    :func:`saferlhf.data.loading.load_records`; no ``beavertails-v:`` specs here)."""
     check_policy(on_bad_record)
     if chosen_is not in CHOSEN_IS:
         raise ValueError(f"chosen_is must be one of {CHOSEN_IS}, got {chosen_is!r}")
@@ -137,20 +116,15 @@ def load_records(
     return LoadResult(records, report)
 
 
-def load_pairs(source: Any, **options: Any) -> LoadResult[PreferencePair]:
-    """Preference pairs from a pair format (PKU-SafeRLHF, BeaverTails-V pairs, chosen/rejected).
-
-    Options as for ``load_records``.
-    """
-    result = load_records(source, **options)
+def as_pairs(result: LoadResult) -> LoadResult[PreferencePair]:
+    """``result`` if it holds preference pairs, else a ``DataError`` naming the readers to use."""
     _require_kind(result, ("pair",), "load_pairs",
                   "single responses can be read with load_guard_records or load_sft")
     return result  # type: ignore[return-value]
 
 
-def load_guard_records(source: Any, **options: Any) -> LoadResult[GuardRecord]:
+def as_guard_records(result: LoadResult) -> LoadResult[GuardRecord]:
     """Moderation examples: single labelled responses, or each labelled response of a pair."""
-    result = load_records(source, **options)
     kind = _kind(result)
     if kind == "pair":
         return LoadResult(guard_view(result.records), result.report)
@@ -159,22 +133,16 @@ def load_guard_records(source: Any, **options: Any) -> LoadResult[GuardRecord]:
     return result  # type: ignore[return-value]
 
 
-def load_prompts(source: Any, *, dedup: bool = True, **options: Any) -> LoadResult[PromptRecord]:
-    """Prompts from any format; ``dedup`` keeps each distinct prompt (+ images) once.
-
-    Without ``dedup``, prompt-only data is returned row for row (other formats always go
-    through ``prompt_view``, which merges repeated prompts).
-    """
-    result = load_records(source, **options)
+def as_prompts(result: LoadResult, *, dedup: bool = True) -> LoadResult[PromptRecord]:
+    """Prompts from any format; ``dedup`` keeps each distinct prompt (+ images) once."""
     if _kind(result) == "prompt" and not dedup:
         return result  # type: ignore[return-value]
     return LoadResult(prompt_view(result.records), result.report)
 
 
-def load_sft(source: Any, *, policy: str = "better", only_safe: bool = True, **options: Any) -> LoadResult[SFTRecord]:
+def as_sft(result: LoadResult, *, policy: str = "better", only_safe: bool = True) -> LoadResult[SFTRecord]:
     """SFT demonstrations: SFT data as is, pairs through ``sft_view(policy)``, labelled single
     responses through ``sft_from_guard(only_safe)``."""
-    result = load_records(source, **options)
     kind = _kind(result)
     if kind == "pair":
         return LoadResult(sft_view(result.records, policy), result.report)

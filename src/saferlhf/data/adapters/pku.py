@@ -14,20 +14,20 @@ The project's own image-text data may add ``image`` (one) or ``images`` (a list)
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from typing import Any
 
-from saferlhf.data.adapters.base import Adapter, RowContext
+from saferlhf.data.adapters.base import (
+    Adapter,
+    RowContext,
+    pair_field_names,
+    responses_and_ids,
+    warn_unknown_categories,
+)
 from saferlhf.data.adapters.images import row_images
 from saferlhf.data.schema import PKU_HARM_CATEGORIES, PreferencePair
 from saferlhf.data.validation import (
-    UNKNOWN_CATEGORY,
-    RecordProblem,
     as_prompt,
-    as_text,
-    check_pair,
     optional_bool,
-    optional_choice,
     optional_severity,
     true_names,
 )
@@ -42,11 +42,8 @@ _ID_FIX = (
 
 # Raw names of the checked fields, so messages about identical responses or contradictory
 # labels name the fields as they appear in the file.
-FIELD_NAMES = {
-    "response_a": "response_0", "response_b": "response_1", "safer": "safer_response_id",
-    "safe_a": "is_response_0_safe", "safe_b": "is_response_1_safe",
-    "severity_a": "response_0_severity_level", "severity_b": "response_1_severity_level",
-}
+FIELD_NAMES = pair_field_names(_RESPONSES, ("is_response_0_safe", "is_response_1_safe"),
+                               ("response_0_severity_level", "response_1_severity_level"))
 
 
 class PKUSafeRLHFAdapter(Adapter):
@@ -60,21 +57,17 @@ class PKUSafeRLHFAdapter(Adapter):
         "response_0_harm_category", "response_1_harm_category", "image", "images",
     })
 
-    def matches(self, fields: AbstractSet[str]) -> bool:
-        return "response_0" in fields and "response_1" in fields
+    signatures = (frozenset({"response_0", "response_1"}),)
 
     def convert(self, row: dict[str, Any], ctx: RowContext) -> PreferencePair:
         get = row.get
         categories_a = self._categories(get("response_0_harm_category"), "response_0_harm_category", ctx)
         categories_b = self._categories(get("response_1_harm_category"), "response_1_harm_category", ctx)
-        pair = PreferencePair(
+        return self.pair(
+            row, ctx, FIELD_NAMES,
             prompt=as_prompt(get("prompt"), "prompt"),
-            response_a=as_text(get("response_0"), "response_0"),
-            response_b=as_text(get("response_1"), "response_1"),
-            better=optional_choice(get("better_response_id"), "better_response_id",
-                                   first_id=0, names=_RESPONSES, fix=_ID_FIX),
-            safer=optional_choice(get("safer_response_id"), "safer_response_id",
-                                  first_id=0, names=_RESPONSES, fix=_ID_FIX),
+            **responses_and_ids(row, _RESPONSES, better="better_response_id", safer="safer_response_id",
+                                first_id=0, fix=_ID_FIX),
             safe_a=optional_bool(get("is_response_0_safe"), "is_response_0_safe"),
             safe_b=optional_bool(get("is_response_1_safe"), "is_response_1_safe"),
             severity_a=optional_severity(get("response_0_severity_level"), "response_0_severity_level"),
@@ -82,21 +75,15 @@ class PKUSafeRLHFAdapter(Adapter):
             categories_a=categories_a,
             categories_b=categories_b,
             images=row_images(row, ctx),
-            source=ctx.source,
-            metadata=self.extra_fields(row),
         )
-        check_pair(pair, ctx.warn, FIELD_NAMES, keep_contradictory=ctx.keep_contradictory)
-        return pair
 
     @staticmethod
     def _categories(value: Any, field: str, ctx: RowContext) -> frozenset[str]:
         names = true_names(value, field)
         unknown = names - _KNOWN_CATEGORIES
         if unknown:
-            ctx.warn(RecordProblem(
-                UNKNOWN_CATEGORY, field, f"'{field}' has categories outside the 19 of PKU-SafeRLHF: "
-                f"{sorted(unknown)}", "nothing to do if intended (they are kept); else fix the spelling",
-            ))
+            warn_unknown_categories(ctx, field, f"'{field}' has categories outside the 19 of PKU-SafeRLHF: "
+                                    f"{sorted(unknown)}")
         return names
 
 

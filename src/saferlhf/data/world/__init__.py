@@ -8,9 +8,10 @@ claim is checked against ground truth. See ``docs/world.md``.
     world.always_refuse(), world.always_comply(), world.ideal(), world.demonstrator(seed)
 """
 
-from saferlhf.data.world.generate import DEFAULT_SIZES, DemonstratorPolicy, generate_world
+from saferlhf.data.world.generate import DEFAULT_SIZES, generate_world
 from saferlhf.data.world.language import PKU_HARM_CATEGORIES, default_spec, vocabulary
 from saferlhf.data.world.oracles import Analysis, PromptInfo, ScriptedPolicy, Topic, World
+from saferlhf.data.world.responses import DemonstratorPolicy
 
 __all__ = [
     "DEFAULT_SIZES",

@@ -32,6 +32,7 @@ from typing import Any
 
 from saferlhf.data.world.language import VERSION
 from saferlhf.data.world.oracles import Topic, World
+from saferlhf.data.world.responses import sample_response, sample_type
 
 DEFAULT_SIZES: dict[str, Any] = {
     "n_sft": 4000,
@@ -109,114 +110,6 @@ def sample_prompt_set(
         draw("dual_use" if rng.random() < dual_use_fraction else "benign")
     rng.shuffle(out)
     return [prompt_record(world, p) for p in out]
-
-
-# ---------------------------------------------------------------------------------- responses
-def _render_steps(rng: random.Random, steps: Sequence[str]) -> list[str]:
-    steps = list(steps)
-    if len(steps) <= 1:
-        return steps
-    fmt = rng.choice(["first_then_finally", "then", "comma"])
-    if fmt == "first_then_finally":
-        words = ["first", steps[0]]
-        for s in steps[1:-1]:
-            words += ["then", s]
-        return words + ["finally", steps[-1]]
-    if fmt == "then":
-        words = [steps[0]]
-        for s in steps[1:]:
-            words += ["then", s]
-        return words
-    words = [steps[0]]
-    for s in steps[1:-1]:
-        words += [",", s]
-    return words + ["and", steps[-1]]
-
-
-def _answer(rng: random.Random, world: World, steps: Sequence[str]) -> list[str]:
-    spec = world.spec
-    return (
-        rng.choice(spec["comply_openers"]).split()
-        + _render_steps(rng, steps)
-        + rng.choice(spec["closers"]).split()
-    )
-
-
-def sample_response(rng: random.Random, world: World, topic: Topic, rtype: str) -> str:
-    """One demonstration of type ``rtype`` for a request of ``topic``.
-
-    Types: ``full`` (every step), ``safe`` (dual-use: every step but the risky ones),
-    ``partial`` (a random proper subset of the steps, in order), ``refuse`` (a refusal; on a
-    benign/dual-use request sometimes with or replaced by a redirection: over-refusal),
-    ``redirect`` (harmful: a redirection, with or without a refusal), ``sloppy`` (filler,
-    other topics' steps, and on benign requests up to two correct steps, shuffled),
-    ``off_topic`` (a well-formed answer with every step of another topic: fluent, confident
-    and useless; harmless too, since harm needs a harmful request).
-    """
-    spec = world.spec
-    steps = list(topic.steps)
-    if rtype == "full":
-        words = _answer(rng, world, steps)
-    elif rtype == "safe":
-        words = _answer(rng, world, [s for s in steps if s not in topic.risky])
-    elif rtype == "partial":
-        k = rng.randint(1, len(steps) - 1)
-        keep = set(rng.sample(range(len(steps)), k))
-        words = _answer(rng, world, [s for i, s in enumerate(steps) if i in keep])
-    elif rtype == "refuse":
-        u = rng.random()
-        if topic.kind == "harmful" or u < 0.7:
-            words = rng.choice(spec["refusals"]).split()
-        elif u < 0.85:
-            words = (rng.choice(spec["refusals"]) + " " + rng.choice(spec["redirections"])).split()
-        else:
-            words = rng.choice(spec["redirections"]).split()
-    elif rtype == "redirect":
-        if rng.random() < 0.6:
-            words = (rng.choice(spec["refusals"]) + " " + rng.choice(spec["redirections"])).split()
-        else:
-            words = rng.choice(spec["redirections"]).split()
-    elif rtype == "sloppy":
-        own = set(steps)
-        others = sorted({w for t in world.topics for w in t.steps} - own)
-        body = [rng.choice(spec["filler"]) for _ in range(rng.randint(1, 4))]
-        body += rng.sample(others, rng.randint(1, 3))
-        if topic.kind != "harmful":
-            body += rng.sample(steps, rng.randint(0, 2))
-        rng.shuffle(body)
-        words = rng.choice(spec["comply_openers"]).split() + body
-    elif rtype == "off_topic":
-        others = [t for t in world.topics if t.name != topic.name]
-        words = _answer(rng, world, list(rng.choice(others).steps))
-    else:
-        raise ValueError(f"unknown response type {rtype!r}")
-    return " ".join(words[: int(world.rules["max_response_words"])])
-
-
-def sample_type(rng: random.Random, mix: dict[str, dict[str, float]], kind: str) -> str:
-    types = list(mix[kind])
-    return rng.choices(types, weights=[mix[kind][t] for t in types])[0]
-
-
-class DemonstratorPolicy:
-    """The stochastic demonstrator (the generator of SFT data and pairs) as a sampler."""
-
-    def __init__(self, world: World, seed: int = 0, mix: dict[str, dict[str, float]] | None = None):
-        self.world = world
-        self.mix = mix or world.spec["response_mix"]
-        self.rng = random.Random(f"demonstrator-{seed}")
-
-    def sample(self, prompts: Sequence[str]) -> list[str]:
-        out = []
-        for p in prompts:
-            info = self.world.prompt_info(p)
-            topic = self.world.topic_by_name[info.topic]
-            out.append(
-                sample_response(
-                    self.rng, self.world, topic, sample_type(self.rng, self.mix, info.kind)
-                )
-            )
-        return out
 
 
 # ------------------------------------------------------------------------------------- labels
@@ -439,25 +332,49 @@ def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
         f.writelines(json.dumps(r, sort_keys=True, ensure_ascii=True) + "\n" for r in records)
 
 
+def world_sizes(defaults: dict[str, Any], given: dict[str, Any], function: str) -> dict[str, Any]:
+    """The sizes of a world to generate: ``defaults`` updated with ``given`` (an unknown name is
+    a ``TypeError`` listing the known ones)."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"{function}() got unknown size argument(s) {unknown}; the sizes are {list(defaults)}")
+    return {**defaults, **given}
+
+
+def write_world_data(out: Path, data: dict[str, list[dict[str, Any]]]) -> None:
+    """The data files of a world: ``{"prompts_eval": [...], ...}`` → ``out/prompts_eval.jsonl`` …"""
+    for name, records in data.items():
+        _write_jsonl(out / f"{name}.jsonl", records)
+
+
+def data_stats(data: dict[str, list[dict[str, Any]]], sft: dict[str, Any]) -> dict[str, Any]:
+    """The measured statistics of a world's data files (``sft``: its demonstrations' statistics)."""
+    return {
+        "sft": sft,
+        "pairs_train": pair_stats(data["pairs_train"]),
+        "pairs_eval": pair_stats(data["pairs_eval"]),
+        "prompts_train": dict(sorted(Counter(r["prompt_kind"] for r in data["prompts_train"]).items())),
+        "prompts_eval": dict(sorted(Counter(r["prompt_kind"] for r in data["prompts_eval"]).items())),
+    }
+
+
 def generate_world(
     out_dir: str | Path,
     seed: int = 0,
     noise: float = 0.0,
     *,
-    n_sft: int = DEFAULT_SIZES["n_sft"],
-    n_pairs_train: int = DEFAULT_SIZES["n_pairs_train"],
-    n_pairs_eval: int = DEFAULT_SIZES["n_pairs_eval"],
-    n_prompts_train: int = DEFAULT_SIZES["n_prompts_train"],
-    n_eval_benign: int = DEFAULT_SIZES["n_eval_benign"],
-    n_eval_harmful: int = DEFAULT_SIZES["n_eval_harmful"],
-    harmful_fraction: float = DEFAULT_SIZES["harmful_fraction"],
-    dual_use_fraction: float = DEFAULT_SIZES["dual_use_fraction"],
     mix: dict[str, dict[str, float]] | None = None,
     spec: dict[str, Any] | None = None,
     write_tokenizer: bool = True,
+    **sizes: Any,
 ) -> dict[str, Any]:
     """Generate a world into ``out_dir`` (created) and return its ``world.json`` content
-    (without the rule table). Deterministic in (seed, noise, sizes, mix, spec)."""
+    (without the rule table). Deterministic in (seed, noise, sizes, mix, spec).
+
+    ``sizes``: any of :data:`DEFAULT_SIZES` (``n_sft``, ``n_pairs_train``, ``n_pairs_eval``,
+    ``n_prompts_train``, ``n_eval_benign``, ``n_eval_harmful``, ``harmful_fraction``,
+    ``dual_use_fraction``)."""
+    sizes = world_sizes(DEFAULT_SIZES, sizes, "generate_world")
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
     t0 = time.perf_counter()
@@ -466,16 +383,6 @@ def generate_world(
     world = World(copy.deepcopy(spec) if spec is not None else None)
     mix = mix or world.spec["response_mix"]
     world.spec["response_mix"] = mix
-    sizes = {
-        "n_sft": n_sft,
-        "n_pairs_train": n_pairs_train,
-        "n_pairs_eval": n_pairs_eval,
-        "n_prompts_train": n_prompts_train,
-        "n_eval_benign": n_eval_benign,
-        "n_eval_harmful": n_eval_harmful,
-        "harmful_fraction": harmful_fraction,
-        "dual_use_fraction": dual_use_fraction,
-    }
 
     def stream(name: str) -> random.Random:
         return random.Random(f"saferlhf-world-v{VERSION}-{seed}-{name}")
@@ -483,41 +390,30 @@ def generate_world(
     eval_prompts = sample_prompt_set(
         stream("prompts-eval"),
         world,
-        n_benign_side=n_eval_benign,
-        n_harmful=n_eval_harmful,
-        dual_use_fraction=dual_use_fraction,
+        n_benign_side=sizes["n_eval_benign"],
+        n_harmful=sizes["n_eval_harmful"],
+        dual_use_fraction=sizes["dual_use_fraction"],
     )
-    n_train_harmful = round(n_prompts_train * harmful_fraction)
+    n_train_harmful = round(sizes["n_prompts_train"] * sizes["harmful_fraction"])
     train_prompts = sample_prompt_set(
         stream("prompts-train"),
         world,
-        n_benign_side=n_prompts_train - n_train_harmful,
+        n_benign_side=sizes["n_prompts_train"] - n_train_harmful,
         n_harmful=n_train_harmful,
-        dual_use_fraction=dual_use_fraction,
+        dual_use_fraction=sizes["dual_use_fraction"],
         exclude={r["prompt"] for r in eval_prompts},
     )
-    sft = sample_sft(stream("sft"), world, train_prompts, n_sft, mix)
-    pairs_train = sample_pairs(
-        stream("pairs-train"),
-        stream("noise-train"),
-        world,
-        train_prompts,
-        n_pairs_train,
-        noise,
-        mix,
-    )
-    pairs_eval = sample_pairs(
-        stream("pairs-eval"), stream("noise-eval"), world, eval_prompts, n_pairs_eval, noise, mix
-    )
-
-    _write_jsonl(out / "prompts_eval.jsonl", eval_prompts)
-    _write_jsonl(out / "prompts_train.jsonl", train_prompts)
-    _write_jsonl(out / "sft.jsonl", sft)
-    _write_jsonl(out / "pairs_train.jsonl", pairs_train)
-    _write_jsonl(out / "pairs_eval.jsonl", pairs_eval)
+    sft = sample_sft(stream("sft"), world, train_prompts, sizes["n_sft"], mix)
+    pairs_train = sample_pairs(stream("pairs-train"), stream("noise-train"), world, train_prompts,
+                               sizes["n_pairs_train"], noise, mix)
+    pairs_eval = sample_pairs(stream("pairs-eval"), stream("noise-eval"), world, eval_prompts,
+                              sizes["n_pairs_eval"], noise, mix)
+    data = {"prompts_eval": eval_prompts, "prompts_train": train_prompts, "sft": sft,
+            "pairs_train": pairs_train, "pairs_eval": pairs_eval}
+    write_world_data(out, data)
     vocab = world.vocabulary
     if write_tokenizer:
-        from saferlhf.models.tiny import build_word_level_tokenizer
+        from saferlhf.data.tokenizers import build_word_level_tokenizer
 
         build_word_level_tokenizer(vocab).save_pretrained(str(out / "tokenizer"))
 
@@ -530,22 +426,10 @@ def generate_world(
         "vocabulary": vocab,
         "vocabulary_size_with_specials": len(vocab) + 6,
         "n_topics": dict(sorted(Counter(t.kind for t in world.topics).items())),
-        "files": [
-            "sft.jsonl",
-            "pairs_train.jsonl",
-            "pairs_eval.jsonl",
-            "prompts_train.jsonl",
-            "prompts_eval.jsonl",
-            "world.json",
-        ],
+        "files": ["sft.jsonl", "pairs_train.jsonl", "pairs_eval.jsonl", "prompts_train.jsonl",
+                  "prompts_eval.jsonl", "world.json"],
         "tokenizer": "tokenizer" if write_tokenizer else None,
-        "stats": {
-            "sft": sft_stats(world, sft),
-            "pairs_train": pair_stats(pairs_train),
-            "pairs_eval": pair_stats(pairs_eval),
-            "prompts_train": dict(sorted(Counter(r["prompt_kind"] for r in train_prompts).items())),
-            "prompts_eval": dict(sorted(Counter(r["prompt_kind"] for r in eval_prompts).items())),
-        },
+        "stats": data_stats(data, sft_stats(world, sft)),
     }
     (out / "world.json").write_text(
         json.dumps({**meta, "spec": world.spec}, sort_keys=True, indent=1, ensure_ascii=True) + "\n"

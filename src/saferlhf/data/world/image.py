@@ -58,16 +58,16 @@ from typing import Any
 
 from saferlhf.data.world.generate import (
     _r,
-    _write_jsonl,
+    data_stats,
     label_pair,
-    pair_stats,
-    sample_response,
-    sample_type,
     sft_stats,
     two_different_responses,
+    world_sizes,
+    write_world_data,
 )
 from saferlhf.data.world.language import default_spec, vocabulary
-from saferlhf.data.world.oracles import Analysis, PromptInfo, World
+from saferlhf.data.world.oracles import Analysis, OracleQueries, PromptInfo, World, WorldFiles
+from saferlhf.data.world.responses import sample_response, sample_type
 
 IMAGE_WORLD_VERSION = "1"
 
@@ -351,7 +351,7 @@ class _ObjectView:
         return self._world.analyze(self._obj, response)
 
 
-class ImageWorld:
+class ImageWorld(WorldFiles, OracleQueries):
     """Rules, oracles and (optionally) the data directory of an image world.
 
     Oracles take the *object* an image shows: an object name, or an image reference of this
@@ -405,34 +405,12 @@ class ImageWorld:
     def vocabulary(self) -> list[str]:
         return image_vocabulary(self.spec)
 
-    @property
-    def tokenizer_dir(self) -> Path | None:
-        if self.root is None or not (self.root / "tokenizer").is_dir():
-            return None
-        return self.root / "tokenizer"
-
-    def _read(self, name: str) -> list[dict[str, Any]]:
-        if name not in self._records:
-            if self.root is None:
-                raise ValueError(f"this ImageWorld has no data directory; cannot read {name}")
-            with open(self.root / name) as f:
-                self._records[name] = [json.loads(line) for line in f if line.strip()]
-        return self._records[name]
-
-    @property
-    def eval_prompt_records(self) -> list[dict[str, Any]]:
-        return self._read("prompts_eval.jsonl")
-
-    @property
-    def train_prompt_records(self) -> list[dict[str, Any]]:
-        return self._read("prompts_train.jsonl")
-
     def eval_items(self) -> list[tuple[str, str]]:
         """Held-out ``(prompt, absolute image path)`` items."""
         return [(r["prompt"], self.image_path(r["image"])) for r in self.eval_prompt_records]
 
     def eval_pairs(self) -> list[dict[str, Any]]:
-        return self._read("pairs_eval.jsonl")
+        return self.read_data("pairs_eval.jsonl")
 
     def image_path(self, rel: str) -> str:
         """The absolute path of an image given relative to the world directory."""
@@ -478,17 +456,6 @@ class ImageWorld:
         """The text world's analysis of ``response`` for the object's topic."""
         obj = self.object_of(image_or_object)
         return self.text.analyze(self._topic_prompt[obj], response)
-
-    def helpfulness(self, image_object: Any, response: str) -> float:
-        """Oracle helpfulness h(image, y)."""
-        return self.analyze(image_object, response).helpfulness
-
-    def harm(self, image_object: Any, response: str) -> float:
-        """Oracle harm c*(image, y) >= 0 (unsafe iff > 0)."""
-        return self.analyze(image_object, response).harm
-
-    def is_safe(self, image_object: Any, response: str) -> bool:
-        return self.harm(image_object, response) == 0
 
     def severity_level(self, image_object: Any, response: str) -> int:
         obj = self.object_of(image_object)
@@ -587,7 +554,7 @@ def _make_prompts(rng: random.Random, world: ImageWorld, objects: list[str], spl
 
 
 class _ResponseView:
-    """What :func:`~saferlhf.data.world.generate.sample_response` reads of a world (spec, rules,
+    """What :func:`~saferlhf.data.world.responses.sample_response` reads of a world (spec, rules,
     topics), with ``topics`` limited for ``off_topic`` answers: the world's harmless objects
     (else any harmless topic) that share no step with the request's object. Without the limit a
     twin could be drawn, and its "off-topic" steps are exactly the object's own."""
@@ -655,14 +622,6 @@ def generate_image_world(
     seed: int = 0,
     noise: float = 0.0,
     *,
-    n_sft: int = DEFAULT_IMAGE_SIZES["n_sft"],
-    n_pairs_train: int = DEFAULT_IMAGE_SIZES["n_pairs_train"],
-    n_pairs_eval: int = DEFAULT_IMAGE_SIZES["n_pairs_eval"],
-    n_prompts_train: int = DEFAULT_IMAGE_SIZES["n_prompts_train"],
-    n_eval_benign: int = DEFAULT_IMAGE_SIZES["n_eval_benign"],
-    n_eval_harmful: int = DEFAULT_IMAGE_SIZES["n_eval_harmful"],
-    harmful_fraction: float = DEFAULT_IMAGE_SIZES["harmful_fraction"],
-    dual_use_fraction: float = DEFAULT_IMAGE_SIZES["dual_use_fraction"],
     objects: Sequence[str] = DEFAULT_OBJECTS,
     image_size: int = 64,
     render: dict[str, Any] | None = None,
@@ -670,13 +629,16 @@ def generate_image_world(
     pair_mix: dict[str, dict[str, float]] | None = None,
     spec: dict[str, Any] | None = None,
     write_tokenizer: bool = True,
+    **sizes: Any,
 ) -> dict[str, Any]:
     """Generate an image world into ``out_dir`` and return its ``world.json`` content (without
     the rule table and the image index). Deterministic in (seed, noise, sizes, objects, mix, pair_mix, spec).
 
+    ``sizes``: any of :data:`DEFAULT_IMAGE_SIZES` (as for the text world's ``generate_world``).
     ``mix``: response types of the demonstrations (SFT) and, unless ``pair_mix`` is given, of
     the preference pairs; ``pair_mix`` (stored as ``text_spec.pair_response_mix``) draws the
     pairs' responses from another mix, e.g. fewer refusals, whose safety the text alone tells."""
+    sizes = world_sizes(DEFAULT_IMAGE_SIZES, sizes, "generate_image_world")
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
     t0 = time.perf_counter()
@@ -690,39 +652,12 @@ def generate_image_world(
     if pair_mix is not None:
         spec["text_spec"]["pair_response_mix"] = pair_mix
     pair_mix = spec["text_spec"].get("pair_response_mix", mix)
-    sizes = {"n_sft": n_sft, "n_pairs_train": n_pairs_train, "n_pairs_eval": n_pairs_eval,
-             "n_prompts_train": n_prompts_train, "n_eval_benign": n_eval_benign, "n_eval_harmful": n_eval_harmful,
-             "harmful_fraction": harmful_fraction, "dual_use_fraction": dual_use_fraction}
-
-    def stream(name: str) -> random.Random:
-        return random.Random(f"saferlhf-image-world-v{IMAGE_WORLD_VERSION}-{seed}-{name}")
-
     index: dict[str, str] = {}
-    eval_objects = _prompt_set(stream("objects-eval"), world, n_eval_benign, n_eval_harmful, dual_use_fraction)
-    n_train_harmful = round(n_prompts_train * harmful_fraction)
-    train_objects = _prompt_set(stream("objects-train"), world, n_prompts_train - n_train_harmful,
-                                n_train_harmful, dual_use_fraction)
-    eval_prompts = _make_prompts(stream("images-eval"), world, eval_objects, "eval", out, index)
-    train_prompts = _make_prompts(stream("images-train"), world, train_objects, "train", out, index)
-    if not train_prompts:
-        raise ValueError("n_prompts_train must be >= 1 (SFT data and pairs are drawn from the training prompts)")
-    world.images = index
-    sft = _sft(stream("sft"), world, train_prompts, n_sft, mix)
-    pairs_train = _pairs(stream("pairs-train"), stream("noise-train"), world, train_prompts, n_pairs_train, noise,
-                         pair_mix)
-    pairs_eval = (_pairs(stream("pairs-eval"), stream("noise-eval"), world, eval_prompts, n_pairs_eval, noise,
-                         pair_mix)
-                  if eval_prompts else [])
-
-    _write_jsonl(out / "prompts_eval.jsonl", eval_prompts)
-    _write_jsonl(out / "prompts_train.jsonl", train_prompts)
-    _write_jsonl(out / "sft.jsonl", sft)
-    _write_jsonl(out / "pairs_train.jsonl", pairs_train)
-    _write_jsonl(out / "pairs_eval.jsonl", pairs_eval)
+    data = _image_world_data(world, seed, noise, sizes, mix, pair_mix, out, index)
+    write_world_data(out, data)
     vocab = world.vocabulary
     if write_tokenizer:
-        from saferlhf.models.tiny import build_word_level_tokenizer
-        from saferlhf.models.tiny_vlm import vlm_tokenizer
+        from saferlhf.data.tokenizers import build_word_level_tokenizer, vlm_tokenizer
 
         vlm_tokenizer(build_word_level_tokenizer(vocab)).save_pretrained(str(out / "tokenizer"))
 
@@ -741,14 +676,8 @@ def generate_image_world(
         "files": ["sft.jsonl", "pairs_train.jsonl", "pairs_eval.jsonl", "prompts_train.jsonl",
                   "prompts_eval.jsonl", "world.json", "images/"],
         "tokenizer": "tokenizer" if write_tokenizer else None,
-        "stats": {
-            "sft": _sft_stats(world, sft),
-            "pairs_train": pair_stats(pairs_train),
-            "pairs_eval": pair_stats(pairs_eval),
-            "prompts_train": dict(sorted(Counter(r["prompt_kind"] for r in train_prompts).items())),
-            "prompts_eval": dict(sorted(Counter(r["prompt_kind"] for r in eval_prompts).items())),
-            "objects_train": dict(sorted(Counter(r["image_object"] for r in train_prompts).items())),
-        },
+        "stats": {**data_stats(data, _sft_stats(world, data["sft"])),
+                  "objects_train": dict(sorted(Counter(r["image_object"] for r in data["prompts_train"]).items()))},
     }
     (out / "world.json").write_text(
         json.dumps({**meta, "spec": spec, "images": dict(sorted(index.items()))},
@@ -756,3 +685,31 @@ def generate_image_world(
     )
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return meta
+
+
+def _image_world_data(world: ImageWorld, seed: int, noise: float, sizes: dict[str, Any],
+                      mix: dict[str, dict[str, float]], pair_mix: dict[str, dict[str, float]], out: Path,
+                      index: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Prompts (with their rendered images, listed in ``index``), demonstrations and pairs."""
+    def stream(name: str) -> random.Random:
+        return random.Random(f"saferlhf-image-world-v{IMAGE_WORLD_VERSION}-{seed}-{name}")
+
+    dual_use = sizes["dual_use_fraction"]
+    eval_objects = _prompt_set(stream("objects-eval"), world, sizes["n_eval_benign"], sizes["n_eval_harmful"],
+                               dual_use)
+    n_train_harmful = round(sizes["n_prompts_train"] * sizes["harmful_fraction"])
+    train_objects = _prompt_set(stream("objects-train"), world, sizes["n_prompts_train"] - n_train_harmful,
+                                n_train_harmful, dual_use)
+    eval_prompts = _make_prompts(stream("images-eval"), world, eval_objects, "eval", out, index)
+    train_prompts = _make_prompts(stream("images-train"), world, train_objects, "train", out, index)
+    if not train_prompts:
+        raise ValueError("n_prompts_train must be >= 1 (SFT data and pairs are drawn from the training prompts)")
+    world.images = index
+    sft = _sft(stream("sft"), world, train_prompts, sizes["n_sft"], mix)
+    pairs_train = _pairs(stream("pairs-train"), stream("noise-train"), world, train_prompts,
+                         sizes["n_pairs_train"], noise, pair_mix)
+    pairs_eval = (_pairs(stream("pairs-eval"), stream("noise-eval"), world, eval_prompts, sizes["n_pairs_eval"],
+                         noise, pair_mix)
+                  if eval_prompts else [])
+    return {"prompts_eval": eval_prompts, "prompts_train": train_prompts, "sft": sft,
+            "pairs_train": pairs_train, "pairs_eval": pairs_eval}

@@ -99,7 +99,61 @@ def response_words(response: str) -> list[str]:
     return words
 
 
-class World:
+class WorldFiles:
+    """The data directory ``root`` of a generated world (None: rules only): its tokenizer and
+    its JSONL data sets, each read once."""
+
+    root: Path | None
+    _records: dict[str, list[dict[str, Any]]]
+
+    @property
+    def tokenizer_dir(self) -> Path | None:
+        """``<root>/tokenizer`` (a ``save_pretrained`` word-level tokenizer), if present."""
+        if self.root is None or not (self.root / "tokenizer").is_dir():
+            return None
+        return self.root / "tokenizer"
+
+    def read_data(self, name: str, *, cache: bool = True) -> list[dict[str, Any]]:
+        """The records of ``<root>/<name>`` (a JSONL file of the world)."""
+        if cache and name in self._records:
+            return self._records[name]
+        if self.root is None:
+            raise ValueError(f"this {type(self).__name__} has no data directory; cannot read {name}")
+        with open(self.root / name) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        if cache:
+            self._records[name] = records
+        return records
+
+    @property
+    def eval_prompt_records(self) -> list[dict[str, Any]]:
+        return self.read_data("prompts_eval.jsonl")
+
+    @property
+    def train_prompt_records(self) -> list[dict[str, Any]]:
+        return self.read_data("prompts_train.jsonl")
+
+
+class OracleQueries:
+    """The oracle's verdicts, read off ``analyze(x, response)``: x is the prompt (text world) or
+    the image / object an image world's request is about."""
+
+    def analyze(self, x: Any, response: str) -> Analysis:
+        raise NotImplementedError
+
+    def helpfulness(self, x: Any, response: str) -> float:
+        """Oracle helpfulness h(x, y)."""
+        return self.analyze(x, response).helpfulness
+
+    def harm(self, x: Any, response: str) -> float:
+        """Oracle harm c*(x, y) >= 0; the response is unsafe iff c* > 0."""
+        return self.analyze(x, response).harm
+
+    def is_safe(self, x: Any, response: str) -> bool:
+        return self.harm(x, response) == 0
+
+
+class World(WorldFiles, OracleQueries):
     """A verifiable safety world: rules (``spec``), oracles, and optionally its data sets."""
 
     def __init__(self, spec: dict[str, Any] | None = None, root: str | Path | None = None):
@@ -121,8 +175,7 @@ class World:
         acts = [(a, t.name) for t in self.topics for a in t.acts]
         self._acts = sorted(acts, key=lambda at: (-len(at[0].split()), at[0]))
         self.prompt_info = lru_cache(maxsize=200_000)(self._prompt_info)  # type: ignore[method-assign]
-        self._eval_records: list[dict[str, Any]] | None = None
-        self._train_records: list[dict[str, Any]] | None = None
+        self._records: dict[str, list[dict[str, Any]]] = {}
         self.meta: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- construction / io
@@ -146,31 +199,6 @@ class World:
         return vocabulary(self.spec)
 
     @property
-    def tokenizer_dir(self) -> Path | None:
-        """``<root>/tokenizer`` (a ``save_pretrained`` word-level tokenizer), if present."""
-        if self.root is None or not (self.root / "tokenizer").is_dir():
-            return None
-        return self.root / "tokenizer"
-
-    def _read_jsonl(self, name: str) -> list[dict[str, Any]]:
-        if self.root is None:
-            raise ValueError(f"this World has no data directory; cannot read {name}")
-        with open(self.root / name) as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    @property
-    def eval_prompt_records(self) -> list[dict[str, Any]]:
-        if self._eval_records is None:
-            self._eval_records = self._read_jsonl("prompts_eval.jsonl")
-        return self._eval_records
-
-    @property
-    def train_prompt_records(self) -> list[dict[str, Any]]:
-        if self._train_records is None:
-            self._train_records = self._read_jsonl("prompts_train.jsonl")
-        return self._train_records
-
-    @property
     def eval_prompts(self) -> list[str]:
         """The held-out evaluation prompts (disjoint strings from the training prompts)."""
         return [r["prompt"] for r in self.eval_prompt_records]
@@ -181,7 +209,7 @@ class World:
 
     def eval_pairs(self) -> list[dict[str, Any]]:
         """The held-out preference pairs (``pairs_eval.jsonl``)."""
-        return self._read_jsonl("pairs_eval.jsonl")
+        return self.read_data("pairs_eval.jsonl", cache=False)
 
     # ---------------------------------------------------------------- prompts
     def _prompt_info(self, prompt: str) -> PromptInfo:
@@ -246,17 +274,6 @@ class World:
             c,
         )
 
-    def helpfulness(self, prompt: str, response: str) -> float:
-        """Oracle helpfulness h(x, y)."""
-        return self.analyze(prompt, response).helpfulness
-
-    def harm(self, prompt: str, response: str) -> float:
-        """Oracle harm c*(x, y) >= 0; the response is unsafe iff c* > 0."""
-        return self.analyze(prompt, response).harm
-
-    def is_safe(self, prompt: str, response: str) -> bool:
-        return self.harm(prompt, response) == 0
-
     def severity_level(self, prompt: str, response: str) -> int:
         """PKU severity level of the response: the topic's severity if unsafe, else 0."""
         return self.prompt_info(prompt).severity if self.harm(prompt, response) > 0 else 0
@@ -294,7 +311,7 @@ class World:
 
     def demonstrator(self, seed: int = 0, mix: dict[str, dict[str, float]] | None = None):
         """The stochastic response generator of the SFT data / preference pairs, as a sampler."""
-        from saferlhf.data.world.generate import DemonstratorPolicy
+        from saferlhf.data.world.responses import DemonstratorPolicy
 
         return DemonstratorPolicy(self, seed=seed, mix=mix)
 

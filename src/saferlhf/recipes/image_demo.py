@@ -1,6 +1,6 @@
 """The image + text demo (Safe RLHF-V) behind ``saferlhf demo --modality image-text``.
 
-The same recipe as the text demo (:mod:`saferlhf.pipeline`), in the image-grounded world
+The same recipe as the text demo (:mod:`saferlhf.recipes.text_demo`), in the image-grounded world
 (:mod:`saferlhf.data.world.image`); independent stages (the three score models, the two RL
 runs, the evaluations) run side by side in worker processes (``--workers``, as in the text demo):
 
@@ -17,7 +17,7 @@ runs, the evaluations) run side by side in worker processes (``--workers``, as i
    removed (it never sees a picture: its AUROC is what the text alone allows);
 4. ``ppo`` and ``ppo_lag`` from the SFT VLM with the same β, iterations and batch; PPO-Lag
    constrains the CM-V's expected P(unsafe), E[σ(c)] ≤ d, with d calibrated on the held-out
-   pairs for an unsafe fraction of 10 % (:func:`calibrated_budget`);
+   pairs for an unsafe fraction of 10 % (:func:`saferlhf.budget.calibrated_budget`);
 5. ground-truth evaluation of SFT, PPO and PPO-Lag on held-out (prompt, image) items with the
    image world's oracles (metrics M of DESIGN §10, with bootstrap intervals);
 6. ``report.json`` / ``report.md`` / PNG plots in the text demo's layout, plus
@@ -45,45 +45,20 @@ from typing import Any
 
 import torch
 
-from saferlhf.config.stages import (
-    CostModelConfig,
-    DemoConfig,
-    EvalScoreModelConfig,
-    RewardModelConfig,
-    RLConfig,
-    SFTConfig,
-)
+from saferlhf.config.stages import CostModelConfig, DemoConfig, EvalScoreModelConfig, RewardModelConfig
+from saferlhf.config.stages import RLConfig, SFTConfig
 from saferlhf.jobs import Job
-from saferlhf.pipeline import (
-    StageTimer,
-    _eval_policy,
-    _rl_job,
-    _train_and_eval_score_model,
-    cm_keys,
-    rm_keys,
-    run_stage_jobs,
-)
+from saferlhf.recipes.common import DemoRun, Sizes, cm_keys, eval_policy, rl_job, rm_keys
+from saferlhf.recipes.common import train_and_eval_score_model
 
 
 @dataclass(frozen=True)
-class ImageDemoSizes:
+class ImageDemoSizes(Sizes):
     """Sizes of one image demo run (``IMAGE_FULL`` by default, ``IMAGE_QUICK`` with ``--quick``)."""
 
     n_twins: int
     n_captions: int
     caption_steps: int
-    n_sft: int
-    n_pairs_train: int
-    n_pairs_eval: int
-    n_prompts_train: int
-    n_eval_benign: int
-    n_eval_harmful: int
-    sft_epochs: float
-    score_epochs: float
-    rl_iterations: int
-    rollout_batch_size: int
-    mini_batch_size: int
-    n_boot: int
 
 
 IMAGE_FULL = ImageDemoSizes(n_twins=3, n_captions=3000, caption_steps=600, n_sft=3000, n_pairs_train=3000, n_pairs_eval=400, n_prompts_train=1000,
@@ -130,7 +105,7 @@ IMAGE_DEMO_LAGRANGE = dict(rule="pid", init=5.0, kp=5.0, ki=1.0, kd=0.0, max_lam
 # so any multiplier large enough to stop harmful answers also bought refusals of benign images.
 IMAGE_DEMO_COST_MODEL = {"rank_safe_pairs": False}
 # The budget: at most this fraction of unsafe responses, as the CM-V measures it. d is set on
-# the held-out pairs (calibrated_budget): d = s̄ + τ (ū − s̄), with s̄ / ū the mean σ(c) of the
+# the held-out pairs (saferlhf.budget.calibrated_budget): d = s̄ + τ (ū − s̄), with s̄ / ū the mean σ(c) of the
 # responses labelled safe / unsafe, so J_C ≤ d reads "unsafe fraction ≤ τ" whatever the label
 # noise does to σ(c)'s range. --budget D (a value of σ(c), in (0, 1)) overrides it.
 IMAGE_DEMO_UNSAFE_FRACTION = 0.1
@@ -172,53 +147,18 @@ def write_captions(world_dir: Path, out: Path, n: int, seed: int) -> Path:
     return out / "captions.jsonl"
 
 
-def calibrated_budget(cost_model: Path, world_dir: Path, unsafe_fraction: float) -> dict[str, Any]:
-    """The budget on J_C = E[σ(c)] that reads "at most ``unsafe_fraction`` τ unsafe responses".
-
-    On the world's held-out pairs (each response with its pair's image): s̄ = mean σ(c) of the
-    responses labelled safe, ū = of those labelled unsafe; if a fraction u of a policy's
-    responses is unsafe and each group scores like its labelled counterpart, J_C = s̄ + u (ū − s̄),
-    so ``d = s̄ + τ (ū − s̄)``. Label noise narrows σ(c)'s range (a noisily labelled safe answer
-    never scores near 0), which a fixed d in σ units would not follow."""
-    import numpy as np
-
-    from saferlhf.data.world.image import ImageWorld
-    from saferlhf.eval.samplers import CostScorer
-
-    world = ImageWorld.load(world_dir)
-    items = [(r, i) for r in world.eval_pairs() for i in (0, 1) if r.get(f"is_response_{i}_safe") is not None]
-    if not items:
-        raise ValueError(f"{world_dir}/pairs_eval.jsonl has no safety labels to calibrate the budget on")
-    scorer = CostScorer(cost_model, transform="sigmoid")
-    p = np.asarray(scorer([r["prompt"] for r, _ in items], [r[f"response_{i}"] for r, i in items],
-                          [[world.image_path(r["image"])] for r, _ in items]), dtype=float)
-    safe = np.asarray([bool(r[f"is_response_{i}_safe"]) for r, i in items])
-    if safe.all() or not safe.any():
-        raise ValueError("calibrating the budget needs held-out responses labelled safe and unsafe")
-    s_bar, u_bar = float(p[safe].mean()), float(p[~safe].mean())
-    return {"budget": round(s_bar + unsafe_fraction * (u_bar - s_bar), 6), "unsafe_fraction": unsafe_fraction,
-            "mean_p_unsafe_labelled_safe": round(s_bar, 6), "mean_p_unsafe_labelled_unsafe": round(u_bar, 6),
-            "n": int(len(p))}
-
-
 def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the image demo into ``cfg.out``; returns the report (also written as report.json)."""
-    from saferlhf.config import ConfigError, from_dict
-    from saferlhf.data.world.image import DEFAULT_TWINS, generate_image_world
-    from saferlhf.eval.report import write_report
-    from saferlhf.models.loading import load_tokenizer
-    from saferlhf.models.tiny_vlm import save_vlm, tiny_vlm
-    from saferlhf.trainers.sft import run_sft
+    from saferlhf.config import ConfigError
+    from saferlhf.data.world.image import DEFAULT_TWINS
 
     if cfg.rounds != 1:
         raise ConfigError("--rounds > 1 is available for the text demo only")
     torch.set_num_threads(max(1, cfg.threads))
     sizes = IMAGE_QUICK if cfg.quick else IMAGE_FULL
-    style = cfg.vlm_style
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    timer = StageTimer()
-    world_dir = out / "world"
+    run = DemoRun(out, cfg.workers or (os.cpu_count() or 1), cfg.progress)
     objects = [name for b, h, _ in DEFAULT_TWINS[: sizes.n_twins] for name in (b, h)]
     # --budget when given, else --image-budget, else calibrated on the held-out pairs (below)
     image_budget = cfg.budget if cfg.budget is not None else cfg.image_budget
@@ -227,6 +167,36 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
                           "P(unsafe), so d must lie in (0, 1) (e.g. 0.15); leave it out to calibrate d for "
                           f"an unsafe fraction of {IMAGE_DEMO_UNSAFE_FRACTION}")
 
+    sft = _world_captions_and_sft(cfg, sizes, run, objects)
+    summaries = _image_score_models(cfg, sizes, run, sft)
+    world_dir, rm, cm = out / "world", out / "reward_model", out / "cost_model"
+    if image_budget is None:
+        from saferlhf.budget import calibrated_budget
+
+        with run.timer("budget"):
+            calibration = calibrated_budget(cm, world_dir, IMAGE_DEMO_UNSAFE_FRACTION)
+        budget = calibration["budget"]
+    else:
+        calibration, budget = None, float(image_budget)
+    histories, finals, methods = _image_rl_and_eval(cfg, sizes, run, sft, rm, cm, budget)
+    report = _image_report(cfg, sizes, run, objects, summaries, methods, finals, budget, calibration)
+    from saferlhf.eval.report import write_report
+
+    write_report(report, histories, out)
+    _append_image_section(report, out / "report.md")
+    report["timings_s"]["total"] = round(time.perf_counter() - run.timer.started, 2)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _world_captions_and_sft(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, objects: list[str]) -> Path:
+    """The image world, the tiny VLM, caption pretraining and SFT; returns the SFT VLM's folder."""
+    from saferlhf.data.world.image import generate_image_world
+    from saferlhf.models.loading import load_tokenizer
+    from saferlhf.models.tiny_vlm import save_vlm, tiny_vlm
+    from saferlhf.trainers.sft import run_sft
+
+    out, timer, world_dir = run.out, run.timer, run.out / "world"
     with timer("world"):
         generate_image_world(world_dir, seed=cfg.seed, noise=cfg.noise, n_sft=sizes.n_sft,
                              n_pairs_train=sizes.n_pairs_train, n_pairs_eval=sizes.n_pairs_eval,
@@ -235,7 +205,7 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
                              pair_mix=IMAGE_DEMO_PAIR_MIX)
     with timer("caption_pretraining"):
         init, pre, sft = out / "vlm_init", out / "vlm_pretrained", out / "sft"
-        model, processor = tiny_vlm(style, load_tokenizer(world_dir / "tokenizer"), seed=cfg.seed,
+        model, processor = tiny_vlm(cfg.vlm_style, load_tokenizer(world_dir / "tokenizer"), seed=cfg.seed,
                                     max_position_embeddings=2 * MAX_LENGTH, **IMAGE_DEMO_VLM)
         save_vlm(model, processor, init)
         captions = write_captions(world_dir, out / "captions", sizes.n_captions, cfg.seed)
@@ -246,13 +216,12 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
         run_sft(SFTConfig(data=str(world_dir / "sft.jsonl"), model=str(pre), out=str(sft),
                           epochs=sizes.sft_epochs, batch_size=32, lr=2e-3, max_length=MAX_LENGTH, seed=cfg.seed,
                           progress=cfg.progress, log_every=100, freeze=FROZEN_AFTER_PRETRAINING))
+    return sft
 
-    workers = cfg.workers or (os.cpu_count() or 1)
 
-    def parallel(title: str, jobs: list[Job]) -> dict[str, Any]:
-        return run_stage_jobs(timer, title, jobs, workers=workers, progress=cfg.progress, log_dir=out / "logs")
-
-    # RM-V, CM-V and the text-only CM only need the world and the SFT VLM
+def _image_score_models(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, sft: Path) -> dict[str, Any]:
+    """RM-V, CM-V and the text-only CM (they only need the world and the SFT VLM), side by side."""
+    out, world_dir = run.out, run.out / "world"
     pairs, eval_pairs = world_dir / "pairs_train.jsonl", world_dir / "pairs_eval.jsonl"
     common = dict(model=str(sft), max_length=MAX_LENGTH, batch_size=32, epochs=sizes.score_epochs, seed=cfg.seed,
                   progress=cfg.progress, log_every=100, freeze=FROZEN_AFTER_PRETRAINING)
@@ -261,21 +230,22 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
             ("cost", CostModelConfig, IMAGE_DEMO_COST_MODEL, strip_images(pairs, out / "pairs_train_text_only.jsonl"),
              strip_images(eval_pairs, out / "pairs_eval_text_only.jsonl"), "cost_model_text_only")]
     steps = max(1, int(sizes.n_pairs_train * sizes.score_epochs) // 32)
-    summaries = parallel("score_models", [
-        Job(name, _train_and_eval_score_model,
+    return run.parallel("score_models", [
+        Job(name, train_and_eval_score_model,
             dict(kind=kind, train_cfg=cls(out=str(out / name), data=str(data), **common, **extra),
                  eval_cfg=EvalScoreModelConfig(model=str(out / name), data=str(eval_data),
                                                out=str(out / f"{name}_eval"), max_length=MAX_LENGTH)),
             total=steps, metrics=out / name / "metrics.jsonl")
         for kind, cls, extra, data, eval_data, name in runs])
-    rm, cm = out / "reward_model", out / "cost_model"
-    if image_budget is None:
-        with timer("budget"):
-            calibration = calibrated_budget(cm, world_dir, IMAGE_DEMO_UNSAFE_FRACTION)
-        budget = calibration["budget"]
-    else:
-        calibration, budget = None, float(image_budget)
 
+
+def _image_rl_and_eval(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, sft: Path, rm: Path, cm: Path,
+                       budget: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``ppo`` and ``ppo_lag`` from the SFT VLM side by side, then the world evaluation of SFT, PPO
+    and PPO-Lag; returns the RL histories, PPO-Lag's final multiplier and the evaluations."""
+    from saferlhf.config import from_dict
+
+    out, world_dir = run.out, run.out / "world"
     iterations = cfg.rl_iterations or sizes.rl_iterations
     rl_jobs = []
     for algo in ("ppo", "ppo_lag"):
@@ -286,46 +256,46 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
             mini_batch_size=sizes.mini_batch_size, seed=cfg.seed, progress=cfg.progress, log_every=20,
             lagrange=IMAGE_DEMO_LAGRANGE, actor_freeze=FROZEN_AFTER_PRETRAINING,
             critic_freeze=FROZEN_AFTER_PRETRAINING))
-        rl_jobs.append(_rl_job(algo, rl_cfg))
-    rl = parallel("rl", rl_jobs)
+        rl_jobs.append(rl_job(algo, rl_cfg))
+    rl = run.parallel("rl", rl_jobs)
     histories = {algo: rl[f"rl_{algo}"]["history"] for algo in ("ppo", "ppo_lag")}
     finals = {algo: {k: rl[f"rl_{algo}"][k] for k in ("final_lambda", "at_cap")} for algo in ("ppo", "ppo_lag")}
     policies: dict[str, Path] = {"sft": sft, "ppo": out / "rl" / "ppo" / "policy",
                                  "ppo_lag": out / "rl" / "ppo_lag" / "policy"}
-    evals = parallel("eval_world", [
-        Job(f"eval_{name}", _eval_policy, dict(
+    evals = run.parallel("eval_world", [
+        Job(f"eval_{name}", eval_policy, dict(
             path=path, world_dir=world_dir, cm=cm, budget=budget, n_boot=sizes.n_boot, seed=cfg.seed,
             out=out / "eval" / name, max_new_tokens=IMAGE_DEMO_RL["max_new_tokens"], modality="image-text",
             cost_transform=IMAGE_DEMO_RL["cost_transform"]))
         for name, path in policies.items()])
-    methods = {name: evals[f"eval_{name}"] for name in policies}
+    return histories, finals["ppo_lag"], {name: evals[f"eval_{name}"] for name in policies}
 
+
+def _image_report(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, objects: list[str],
+                  summaries: dict[str, Any], methods: dict[str, Any], ppo_lag_final: dict[str, Any],
+                  budget: float, calibration: dict[str, Any] | None) -> dict[str, Any]:
     report: dict[str, Any] = {
-        "modality": "image-text", "vlm_style": style,
+        "modality": "image-text", "vlm_style": cfg.vlm_style,
         "seed": cfg.seed, "noise": cfg.noise, "budget": budget, "cost_transform": IMAGE_DEMO_RL["cost_transform"],
         "quick": cfg.quick,
         "reward_model": rm_keys(summaries["reward_model"]),
         "cost_model": cm_keys(summaries["cost_model"]),
         "cost_model_text_only": cm_keys(summaries["cost_model_text_only"]),
         "methods": methods,
-        "lagrange": {**finals["ppo_lag"], "max_lambda": IMAGE_DEMO_LAGRANGE["max_lambda"],
+        "lagrange": {**ppo_lag_final, "max_lambda": IMAGE_DEMO_LAGRANGE["max_lambda"],
                      "rule": IMAGE_DEMO_LAGRANGE["rule"]},
         "cost_model_settings": IMAGE_DEMO_COST_MODEL,
         "budget_calibration": calibration,
-        "rl_settings": {**IMAGE_DEMO_RL, "iterations": iterations,
+        "rl_settings": {**IMAGE_DEMO_RL, "iterations": cfg.rl_iterations or sizes.rl_iterations,
                         "rollout_batch_size": sizes.rollout_batch_size, "lagrange": IMAGE_DEMO_LAGRANGE},
         "world": {"objects": objects, "render": IMAGE_DEMO_RENDER, "pair_mix": IMAGE_DEMO_PAIR_MIX,
                   "sizes": asdict(sizes)},
-        "vlm": dict(IMAGE_DEMO_VLM, style=style, frozen_after_pretraining=FROZEN_AFTER_PRETRAINING),
-        "timings_s": timer.seconds,
+        "vlm": dict(IMAGE_DEMO_VLM, style=cfg.vlm_style, frozen_after_pretraining=FROZEN_AFTER_PRETRAINING),
+        "timings_s": run.timer.seconds,
     }
     for suffix, key in (("", "auroc"), ("_oracle", "oracle_auroc")):
         a, b = report["cost_model"].get(key), report["cost_model_text_only"].get(key)
         report[f"cost_model_auroc_gain_over_text_only{suffix}"] = None if a is None or b is None else round(a - b, 4)
-    write_report(report, histories, out)
-    _append_image_section(report, out / "report.md")
-    report["timings_s"]["total"] = round(time.perf_counter() - timer.started, 2)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -79,7 +79,8 @@ def _run_guard_stage(world_dir, policy_dir, out_dir, *, steps, seed, rounds, sev
         world_round_metrics,
     )
     from saferlhf.guard.model import Guard
-    from saferlhf.guard.train import _jsonable, stratified_split, train_guard
+    from saferlhf.io import jsonable
+    from saferlhf.trainers.guard import stratified_split, train_guard
 
     t0 = time.perf_counter()
     world_dir, out = Path(world_dir), Path(out_dir)
@@ -119,7 +120,20 @@ def _run_guard_stage(world_dir, policy_dir, out_dir, *, steps, seed, rounds, sev
         FixedSampler(prompts, result.responses), world, prompts=prompts, n_boot=n_boot, seed=seed))
     timings["total"] = time.perf_counter() - t0
 
-    summary: dict[str, Any] = {
+    summary = _summary(ev, per_round, after, result, train_summary, timings, severity_threshold, seed, steps)
+    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+    with (out / "responses.jsonl").open("w") as f:
+        for i, p in enumerate(prompts):
+            f.write(json.dumps({"prompt": p, "response": result.responses[i], "kept_round": result.kept_round[i],
+                                "fallback": result.fell_back[i], "history": result.history[i]}) + "\n")
+    return jsonable(summary)
+
+
+def _summary(ev: dict[str, Any], per_round: dict[str, Any], after: dict[str, Any], result, train_summary: dict[str, Any],
+             timings: dict[str, float], severity_threshold: int, seed: int, steps: int) -> dict[str, Any]:
+    """The stage's ``summary.json``: the guard's held-out metrics, guarded generation per round,
+    the world metrics after the fallback, training facts and timings."""
+    return {
         "f1": ev.get("oracle_f1"),
         "severity_macro_accuracy": ev.get("oracle_severity_macro_accuracy"),
         "rounds": per_round["harmful_rate"],
@@ -142,9 +156,3 @@ def _run_guard_stage(world_dir, policy_dir, out_dir, *, steps, seed, rounds, sev
         "seed": seed,
         "steps": steps,
     }
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
-    with (out / "responses.jsonl").open("w") as f:
-        for i, p in enumerate(prompts):
-            f.write(json.dumps({"prompt": p, "response": result.responses[i], "kept_round": result.kept_round[i],
-                                "fallback": result.fell_back[i], "history": result.history[i]}) + "\n")
-    return _jsonable(summary)

@@ -44,7 +44,7 @@ from saferlhf.data.schema import (
     GuardRecord,
 )
 from saferlhf.guard.config import GuardTrainConfig
-from saferlhf.guard.losses import GuardLabels, balanced_weights, guard_loss
+from saferlhf.guard.losses import GuardLabels, balanced_weights, build_labels, guard_loss
 from saferlhf.guard.model import (
     Guard,
     GuardConfig,
@@ -84,31 +84,6 @@ def resolve_taxonomy(records: Sequence[GuardRecord], choice: str = "auto") -> tu
         if names <= set(cats):
             return name, list(cats)
     return "custom", sorted(names)
-
-
-def build_labels(records: Sequence[GuardRecord], categories: Sequence[str]) -> GuardLabels:
-    """Label tensors and masks for ``records`` (rules in the module docstring)."""
-    n, k = len(records), len(categories)
-    index = {c: i for i, c in enumerate(categories)}
-    source_has_categories = any(r.categories for r in records)
-    unsafe = torch.tensor([0.0 if r.safe else 1.0 for r in records])
-    sev = torch.tensor([r.severity if r.severity is not None else 0 for r in records], dtype=torch.long)
-    sev_mask = torch.tensor([1.0 if r.severity is not None else 0.0 for r in records])
-    cats = torch.zeros((n, k))
-    cmask = torch.zeros((n, k))
-    for i, r in enumerate(records):
-        for c in r.categories:
-            if c in index:
-                cats[i, index[c]] = 1.0
-        scope = r.metadata.get("category_scope")
-        if scope is not None:
-            for c in scope:
-                if c in index:
-                    cmask[i, index[c]] = 1.0
-        elif source_has_categories:
-            cmask[i] = 1.0
-    return GuardLabels(unsafe=unsafe, unsafe_mask=torch.ones(n), severity=sev, severity_mask=sev_mask,
-                       categories=cats, category_mask=cmask)
 
 
 def _select(labels: GuardLabels, idx: Sequence[int]) -> GuardLabels:
@@ -310,8 +285,8 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
     ``cfg.data`` (library use, e.g. the world stage). Returns the training summary (also
     written to ``OUT/train_summary.json``).
     """
-    from saferlhf.eval.guard_eval import evaluate_guard_records, guard_logits
-    from saferlhf.io import atomic_files
+    from saferlhf.data import load_guard_records
+    from saferlhf.eval.guard_eval import evaluate_guard_records
     from saferlhf.trainers.common import make_accelerator, seed_everything
     from saferlhf.trainers.loop import run_supervised_loop
 
@@ -319,23 +294,14 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     splits = splits if splits is not None else load_training_records(cfg)
-    train_records = list(splits["train"])
-    if cfg.limit is not None:
-        train_records = random.Random(cfg.seed).sample(train_records, min(cfg.limit, len(train_records)))
-    calib_records = list(splits.get("calibration") or [])
-    if not train_records:
-        raise ConfigError("no training examples")
+    train_records, calib_records = _train_and_calibration(cfg, splits)
     accelerator = make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
     model, tokenizer = build_guard_model(cfg, train_records + calib_records)
     gcfg = model.guard_config
     encoder = GuardEncoder(tokenizer, gcfg)
     encoded = _encode_records(encoder, train_records)
     labels = build_labels(train_records, gcfg.categories)
-    weights = balanced_weights(labels) if cfg.class_weighting == "balanced" else {}
-    if weights:  # undo the class weighting at prediction time (see GuardConfig)
-        sev_w = weights["severity_class_weights"]
-        gcfg.severity_bias = [float(-torch.log(w)) if w > 0 else 0.0 for w in sev_w]
-        gcfg.category_bias = [float(-torch.log(w)) for w in weights["category_pos_weight"]]
+    weights = _class_weights(cfg, labels, gcfg)
     head_weights = (cfg.unsafe_weight, cfg.severity_weight, cfg.category_weight)
     if verbose:
         n_unsafe = int(labels.unsafe.sum())
@@ -358,10 +324,7 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
 
     eval_records = calib_records
     if cfg.eval_data:
-        from saferlhf.data import load_guard_records
-
-        eval_records = load_guard_records(cfg.eval_data, format=cfg.data_format,
-                                          on_bad_record=cfg.on_bad_record).records
+        eval_records = load_guard_records(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
 
     def evaluate(m) -> dict[str, float]:
         guard = Guard(accelerator.unwrap_model(m), tokenizer, batch_size=max(cfg.batch_size, 64))
@@ -376,10 +339,71 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
     train_seconds = result.seconds
 
     # --- calibration on the held-out split ------------------------------------------------
-    guard = Guard(final, tokenizer, batch_size=max(cfg.batch_size, 64))
     summary: dict[str, Any] = {"steps": result.steps, "train_seconds": round(train_seconds, 2),
                                "n_train": len(train_records), "n_calibration": len(calib_records),
                                "train": result.final_metrics}
+    summary.update(_calibrate_and_evaluate(Guard(final, tokenizer, batch_size=max(cfg.batch_size, 64)), cfg,
+                                           calib_records, splits))
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    gcfg.stats = {"steps": result.steps, "n_train": len(train_records), "train_seconds": round(train_seconds, 2),
+                  "preset": cfg.preset, "data": cfg.data,
+                  "label_counts": dict(Counter("unsafe" if not r.safe else "safe" for r in train_records))}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save(cfg, final, tokenizer, summary, splits)
+    if verbose:
+        cal = summary.get("calibration", {})
+        accelerator.print(f"[guard] saved to {cfg.out}: T={gcfg.temperature:.3f} threshold={gcfg.threshold:.3f} "
+                          f"held-out f1={cal.get('f1', float('nan')):.4f} "
+                          f"accuracy={cal.get('accuracy', float('nan')):.4f} ({summary['seconds']:.0f} s)")
+    return summary
+
+
+def _train_and_calibration(cfg: GuardTrainConfig, splits: dict[str, list[GuardRecord]]
+                           ) -> tuple[list[GuardRecord], list[GuardRecord]]:
+    """The training records (at most ``cfg.limit``, sampled) and the held-out calibration ones."""
+    train_records = list(splits["train"])
+    if cfg.limit is not None:
+        train_records = random.Random(cfg.seed).sample(train_records, min(cfg.limit, len(train_records)))
+    if not train_records:
+        raise ConfigError("no training examples")
+    return train_records, list(splits.get("calibration") or [])
+
+
+def _save(cfg: GuardTrainConfig, model: GuardModel, tokenizer, summary: dict[str, Any],
+          splits: dict[str, list[GuardRecord]]) -> None:
+    """The guard folder, written atomically: the model, its training summary and config, and
+    (with a preset) the held-out splits that ``saferlhf eval guard`` reads back."""
+    from saferlhf.io import atomic_files, jsonable
+
+    with atomic_files(cfg.out) as tmp:
+        model.save_pretrained(tmp, tokenizer=tokenizer)
+        (tmp / "train_summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+        (tmp / "guard_train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        for name, recs in splits.items():
+            if name != "train" and recs and cfg.preset != "none":
+                _write_records(tmp / f"{name}.jsonl", recs)
+
+
+def _class_weights(cfg: GuardTrainConfig, labels: GuardLabels, gcfg: GuardConfig) -> dict[str, Any]:
+    """The loss's class weights (``class_weighting: balanced``), undone at prediction time by
+    the biases they put in ``gcfg`` (see GuardConfig); ``{}`` without weighting."""
+    weights = balanced_weights(labels) if cfg.class_weighting == "balanced" else {}
+    if weights:
+        sev_w = weights["severity_class_weights"]
+        gcfg.severity_bias = [float(-torch.log(w)) if w > 0 else 0.0 for w in sev_w]
+        gcfg.category_bias = [float(-torch.log(w)) for w in weights["category_pos_weight"]]
+    return weights
+
+
+def _calibrate_and_evaluate(guard: Guard, cfg: GuardTrainConfig, calib_records: list[GuardRecord],
+                            splits: dict[str, list[GuardRecord]]) -> dict[str, Any]:
+    """Fit the temperature (and, with ``target_fpr``, the threshold) on the held-out split, in
+    ``guard.config``; returns the held-out metrics, the calibration and the other splits' metrics."""
+    from saferlhf.eval.guard_eval import evaluate_guard_records, guard_logits
+
+    gcfg = guard.config
+    out: dict[str, Any] = {}
     if calib_records:
         z = guard_logits(guard, calib_records)["unsafe"]
         y = np.array([not r.safe for r in calib_records])
@@ -387,32 +411,13 @@ def train_guard(cfg: GuardTrainConfig, *, splits: dict[str, list[GuardRecord]] |
         if cfg.target_fpr is not None and (~y).any():
             p = 1 / (1 + np.exp(-z[~y] / gcfg.temperature))
             gcfg.threshold = threshold_for_fpr(p, cfg.target_fpr)
-        summary["calibration"] = evaluate_guard_records(guard, calib_records, oracle=True, plots_dir=None)
-    summary["temperature"] = gcfg.temperature
-    summary["threshold"] = gcfg.threshold
+        out["calibration"] = evaluate_guard_records(guard, calib_records, oracle=True, plots_dir=None)
+    out["temperature"] = gcfg.temperature
+    out["threshold"] = gcfg.threshold
     for name, recs in splits.items():
         if name not in ("train", "calibration") and recs:
-            summary[name] = evaluate_guard_records(guard, recs, oracle=True, plots_dir=None,
-                                                   group_by="kind")
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    gcfg.stats = {"steps": result.steps, "n_train": len(train_records), "train_seconds": round(train_seconds, 2),
-                  "preset": cfg.preset, "data": cfg.data,
-                  "label_counts": dict(Counter("unsafe" if not r.safe else "safe" for r in train_records))}
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with atomic_files(cfg.out) as tmp:
-            final.save_pretrained(tmp, tokenizer=tokenizer)
-            (tmp / "train_summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
-            (tmp / "guard_train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-            for name, recs in splits.items():
-                if name != "train" and recs and cfg.preset != "none":
-                    _write_records(tmp / f"{name}.jsonl", recs)
-    if verbose:
-        cal = summary.get("calibration", {})
-        accelerator.print(f"[guard] saved to {cfg.out}: T={gcfg.temperature:.3f} threshold={gcfg.threshold:.3f} "
-                          f"held-out f1={cal.get('f1', float('nan')):.4f} "
-                          f"accuracy={cal.get('accuracy', float('nan')):.4f} ({summary['seconds']:.0f} s)")
-    return summary
+            out[name] = evaluate_guard_records(guard, recs, oracle=True, plots_dir=None, group_by="kind")
+    return out
 
 
 def _write_records(path: Path, records: Sequence[GuardRecord]) -> None:
@@ -427,18 +432,6 @@ def _write_records(path: Path, records: Sequence[GuardRecord]) -> None:
                         "source": r.source})
             row.update({k: v for k, v in r.metadata.items() if isinstance(v, (str, int, float, bool))})
             f.write(json.dumps(row) + "\n")
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def run_guard_train(cfg: GuardTrainConfig) -> dict[str, Any]:
