@@ -7,7 +7,7 @@ naming it. A lock left by a process that no longer runs (killed) is stale and ta
 For the training stages (configs with ``resume``) a directory that already holds a run (a
 ``COMPLETE`` marker, ``checkpoints/``, ``run_config.json`` or ``metrics.jsonl``) or other
 files is refused unless ``--resume`` (continue it: the new config is compared with the saved
-one, :func:`saferlhf.trainers.resume.check_resume_config`) or ``--overwrite`` (its
+one, :func:`saferlhf.config.resume.check_resume_config`) or ``--overwrite`` (its
 checkpoints, marker and logs are removed first) is given.
 """
 
@@ -138,7 +138,7 @@ def prepare_training_output(out: Path, cfg: Any, stage: str) -> None:
         clear_run(out)
         return
     if getattr(cfg, "resume", False):
-        from saferlhf.trainers.resume import check_resume_config
+        from saferlhf.config.resume import check_resume_config
 
         check_resume_config(out, cfg, stage=stage)
         return
