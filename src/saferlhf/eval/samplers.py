@@ -81,7 +81,7 @@ class CostScorer:
                  max_length: int = 256, transform: str = "identity") -> None:
         from saferlhf.lagrange import COST_TRANSFORMS
         from saferlhf.models.score_model import ScoreModel
-        from saferlhf.models.tiny_vlm import load_processor
+        from saferlhf.processing import load_processor
 
         if transform not in COST_TRANSFORMS:
             raise ValueError(f"unknown cost transform {transform!r} (expected one of {COST_TRANSFORMS})")
@@ -94,23 +94,19 @@ class CostScorer:
 
     @property
     def is_vlm(self) -> bool:
-        return hasattr(self.tokenizer, "image_token_ids")
+        return as_processor(self.tokenizer).modality != "text"
 
     def __call__(self, prompts: Sequence, responses: Sequence[str], images: Sequence | None = None) -> np.ndarray:
-        """Scores of prompt + response (+ the item's images, for a VLM score model: a list of
-        paths / PIL images per item). A text score model ignores ``images``."""
+        """Scores of prompt + response (+ the item's images: a list of paths / PIL images per
+        item, read by a VLM score model; a text score model ignores them)."""
         import torch
 
-        from saferlhf.eval.score_eval import score_texts, score_vlm_texts
+        from saferlhf.eval.score_eval import score_texts
         from saferlhf.lagrange import transform_cost
 
-        if self.is_vlm:
-            imgs = [[] for _ in prompts] if images is None else [
-                [] if e is None else (list(e) if isinstance(e, (list, tuple)) else [e]) for e in images]
-            imgs = [[str(x) if isinstance(x, Path) else x for x in row] for row in imgs]
-            scores = score_vlm_texts(self.model, self.tokenizer, list(prompts), imgs, list(responses),
-                                     max_length=self.max_length, batch_size=self.batch_size)
-        else:
-            scores = score_texts(self.model, self.tokenizer, self.template, list(prompts), list(responses),
-                                 max_length=self.max_length, batch_size=self.batch_size)
+        imgs = None if images is None else [
+            [] if e is None else [str(x) if isinstance(x, Path) else x
+                                  for x in (e if isinstance(e, (list, tuple)) else [e])] for e in images]
+        scores = score_texts(self.model, self.tokenizer, self.template, list(prompts), list(responses), images=imgs,
+                             max_length=self.max_length, batch_size=self.batch_size)
         return scores if self.transform == "identity" else transform_cost(torch.as_tensor(scores), self.transform).numpy()

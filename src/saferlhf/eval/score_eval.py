@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,115 +25,56 @@ from typing import Any
 import numpy as np
 import torch
 
-from saferlhf.data.collate import pad_sequences
-from saferlhf.data.templates import Template, encode_prompt_responses
+from saferlhf.data.templates import Template
 from saferlhf.losses import auroc
+from saferlhf.processing import as_processor
 from saferlhf.runtime import cpu_threads
 
-@torch.inference_mode()
-def score_texts(model, tokenizer, template: Template, prompts: list, responses: list[str], *,
-                max_length: int = 256, batch_size: int = 64, device=None) -> np.ndarray:
-    """End scores (first score dimension) of prompt + response pairs, in input order.
 
-    Sequences are encoded in one batched call and scored in batches of similar length (less
-    padding; a sequence's score does not depend on its batch), on one intra-op thread for a
-    small model on the CPU. A too-long sequence loses the end of its response (as in training);
-    when the prompt alone is longer than ``max_length``, the sequence is the last
-    ``max_length // 2`` prompt tokens and the start of the response (scored with a warning that
-    counts them, never an error).
+@torch.inference_mode()
+def score_texts(model, tokenizer, template: Template | None, prompts: list, responses: list[str], *,
+                images: list | None = None, sources: list[str] | None = None, max_length: int = 256,
+                batch_size: int = 64, device=None) -> np.ndarray:
+    """End scores (first score dimension) of prompt (+ image(s)) + response, in input order.
+
+    ``tokenizer``: the model's tokenizer or processor (its ``scoring_batches`` encodes, cuts at
+    ``max_length`` and batches: see :meth:`saferlhf.processing.TextProcessor.scoring_batches`);
+    ``template`` overrides a text processor's. ``images``: per item a list of images or image
+    references (read by a VLM processor; a text model ignores them). On one intra-op thread
+    for a small model on the CPU.
     """
     if not len(prompts):
         return np.zeros(0)
+    processor = as_processor(tokenizer, template)
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    enc = encode_prompt_responses(tokenizer, template, list(prompts), list(responses), max_length=None)
-    seqs, cut_prompts = [], 0
-    for ids, plen in enc:
-        if len(ids) > max_length:
-            if plen < max_length:  # as in training: the end of the response goes
-                ids = ids[:max_length]
-            else:  # the prompt alone is too long: its start goes, the response keeps half the room
-                keep_prompt = max_length // 2
-                ids = ids[plen - keep_prompt:plen] + ids[plen:plen + max_length - keep_prompt]
-                cut_prompts += 1
-        seqs.append(ids)
-    if cut_prompts:
-        warnings.warn(f"{cut_prompts} of {len(seqs)} sequences have a prompt longer than max_length="
-                      f"{max_length}: scored on the end of the prompt and the start of the response "
-                      "(raise --max-length)", stacklevel=2)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = torch.empty(len(seqs), dtype=torch.float32)
-    with cpu_threads(model, device):
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            seq, mask = pad_sequences([seqs[j] for j in idx], tokenizer.pad_token_id, side="right")
-            scores = model(input_ids=seq.to(device), attention_mask=mask.to(device)).end_scores[:, 0]
-            out[idx] = scores.float().cpu()
-    model.train(was_training)
-    return out.numpy()
-
-
-@torch.inference_mode()
-def score_vlm_texts(model, processor, prompts: list, images: list, responses: list[str], *,
-                    max_length: int = 256, batch_size: int = 64, device=None,
-                    sources: list[str] | None = None) -> np.ndarray:
-    """End scores of (prompt, image(s), response) triples with a VLM score model, in input order.
-
-    ``images``: per item a list of decoded images (PIL) or image references (opened here; an
-    unreadable one raises :class:`~saferlhf.data.multimodal.ImageLoadError` naming
-    ``sources[i]``). ``processor``: the model's :class:`~saferlhf.models.tiny_vlm.VLMProcessor`.
-    The response is cut at ``max_length`` as in training (image tokens are never cut)."""
-    from saferlhf.data.multimodal import load_image
-
-    if not len(prompts):
-        return np.zeros(0)
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    cache: dict = {}
-
-    def opened(refs, src):
-        out = []
-        for r in refs:
-            if isinstance(r, str):
-                if r not in cache:
-                    cache[r] = load_image(r, source=src)
-                out.append(cache[r])
-            elif hasattr(r, "mode") and hasattr(r, "size"):
-                out.append(r)
-            else:
-                out.append(load_image(r, source=src))
-        return out
-
     out = torch.empty(len(prompts), dtype=torch.float32)
-    srcs = sources or [f"item {i}" for i in range(len(prompts))]
     with cpu_threads(model, device):
-        for i in range(0, len(prompts), batch_size):
-            sl = slice(i, i + batch_size)
-            imgs = [opened(list(refs or []), src) for refs, src in zip(images[sl], srcs[sl], strict=True)]
-            vb = processor.prepare(list(prompts[sl]), imgs, list(responses[sl]), padding_side="right",
-                                   max_length=max_length, sources=srcs[sl])
-            scores = model(**{k: v.to(device) for k, v in vb.items()}).end_scores[:, 0]
-            out[i:i + len(imgs)] = scores.float().cpu()
+        for rows, inputs in processor.scoring_batches(list(prompts), list(responses), images=images,
+                                                      max_length=max_length, batch_size=batch_size,
+                                                      sources=sources):
+            scores = model(**{k: v.to(device) for k, v in inputs.items()}).end_scores[:, 0]
+            out[rows] = scores.float().cpu()
     model.train(was_training)
     return out.numpy()
+
+
+def score_vlm_texts(model, processor, prompts: list, images: list, responses: list[str], **kw) -> np.ndarray:
+    """:func:`score_texts` with the images in the argument order of earlier releases."""
+    return score_texts(model, processor, None, prompts, responses, images=images, **kw)
 
 
 def score_pairs(model, tokenizer, template: Template, pairs, **kw) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of both responses of every pair. A VLM processor as ``tokenizer`` scores each
-    response with its pair's image(s) (:func:`score_vlm_texts`)."""
-    from saferlhf.models.tiny_vlm import VLMProcessor
-
+    """Scores of both responses of every pair (each with its pair's image(s) when the processor
+    reads images)."""
     prompts = [p.prompt for p in pairs]
-    if isinstance(tokenizer, VLMProcessor):
-        images = [list(p.images) for p in pairs]
-        sources = [p.source or f"pair {i}" for i, p in enumerate(pairs)]
-        a = score_vlm_texts(model, tokenizer, prompts, images, [p.response_a for p in pairs], sources=sources, **kw)
-        b = score_vlm_texts(model, tokenizer, prompts, images, [p.response_b for p in pairs], sources=sources, **kw)
-        return a, b
-    a = score_texts(model, tokenizer, template, prompts, [p.response_a for p in pairs], **kw)
-    b = score_texts(model, tokenizer, template, prompts, [p.response_b for p in pairs], **kw)
+    images = [list(p.images) for p in pairs]
+    sources = [p.source or f"pair {i}" for i, p in enumerate(pairs)]
+    a = score_texts(model, tokenizer, template, prompts, [p.response_a for p in pairs], images=images,
+                    sources=sources, **kw)
+    b = score_texts(model, tokenizer, template, prompts, [p.response_b for p in pairs], images=images,
+                    sources=sources, **kw)
     return a, b
 
 
@@ -261,7 +201,7 @@ def run_eval_score_model(cfg) -> dict[str, Any]:
     """CLI runner: score ``cfg.data`` with ``cfg.model`` and write the summary and plots."""
     from saferlhf.data import load_pairs
     from saferlhf.models.score_model import ScoreModel
-    from saferlhf.models.tiny_vlm import load_processor
+    from saferlhf.processing import load_processor
 
     model = ScoreModel.from_pretrained(cfg.model, normalize=None if cfg.normalize == "saved" else cfg.normalize == "on")
     tokenizer = load_processor(cfg.tokenizer or cfg.model)

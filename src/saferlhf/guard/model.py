@@ -249,7 +249,7 @@ class GuardEncoder:
     """
 
     def __init__(self, tokenizer, config: GuardConfig) -> None:
-        from saferlhf.models.tiny_vlm import VLMProcessor
+        from saferlhf.processing import VLMProcessor
 
         self.processor = tokenizer if isinstance(tokenizer, VLMProcessor) else None
         self.tokenizer = tokenizer.tokenizer if self.processor is not None else tokenizer
@@ -437,7 +437,7 @@ class Guard:
     @classmethod
     def load(cls, directory: str | os.PathLike, *, device=None, batch_size: int = 64,
              threshold: float | None = None) -> Guard:
-        from saferlhf.models.tiny_vlm import load_processor
+        from saferlhf.processing import load_processor
 
         model = GuardModel.from_pretrained(directory, device=device)
         return cls(model, load_processor(directory), batch_size=batch_size, threshold=threshold)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -163,6 +164,38 @@ class TextProcessor:
             warn_images_ignored(records, model, stage)
         examples = encode_sft_examples(records, self.tokenizer, self.template, max_length)
         return examples, lambda items: collate_sft(items, self.pad_token_id)
+
+    def scoring_batches(self, prompts, responses, *, images=None, max_length: int, batch_size: int,
+                        sources=None):
+        """``[(rows, inputs)]``: right-padded prompt + response batches for a score model, rows of
+        similar length together (less padding; a row's score does not depend on its batch). A
+        too-long sequence loses the end of its response (as in training); when the prompt alone
+        is longer than ``max_length`` the row is the last ``max_length // 2`` prompt tokens and
+        the start of the response (with a warning that counts them)."""
+        from saferlhf.data.templates import encode_prompt_responses
+
+        enc = encode_prompt_responses(self.tokenizer, self.template, list(prompts), list(responses), max_length=None)
+        seqs, cut_prompts = [], 0
+        for ids, plen in enc:
+            if len(ids) > max_length:
+                if plen < max_length:
+                    ids = ids[:max_length]
+                else:
+                    keep_prompt = max_length // 2
+                    ids = ids[plen - keep_prompt:plen] + ids[plen:plen + max_length - keep_prompt]
+                    cut_prompts += 1
+            seqs.append(ids)
+        if cut_prompts:
+            warnings.warn(f"{cut_prompts} of {len(seqs)} sequences have a prompt longer than max_length="
+                          f"{max_length}: scored on the end of the prompt and the start of the response "
+                          "(raise --max-length)", stacklevel=3)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        batches = []
+        for i in range(0, len(order), batch_size):
+            rows = order[i:i + batch_size]
+            seq, mask = pad_sequences([seqs[j] for j in rows], self.pad_token_id, side="right")
+            batches.append((rows, {"input_ids": seq, "attention_mask": mask}))
+        return batches
 
     def model_kwargs(self, input_ids, image_inputs=None) -> dict[str, Any]:
         return {}

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from saferlhf.data.templates import Prompt, Template, encode_response, template_for
+from saferlhf.data.tokenizers import IMAGE_PLACEHOLDER as _PLACEHOLDER
 
 # The image tokens of both styles live with the tokenizers that carry them (the world saves one).
 from saferlhf.data.tokenizers import (  # noqa: F401
@@ -40,7 +41,6 @@ from saferlhf.data.tokenizers import (  # noqa: F401
     QWEN_VISION_START,
     STYLES,
 )
-from saferlhf.data.tokenizers import IMAGE_PLACEHOLDER as _PLACEHOLDER
 from saferlhf.data.tokenizers import check_style as _check_style
 
 PROCESSOR_FILE = "vlm_processor.json"
@@ -557,6 +557,24 @@ class VLMProcessor:
 
         cache: dict = {}
         return list(records), lambda items: collate_vlm_sft(items, self, max_length=max_length, image_cache=cache)
+
+    def scoring_batches(self, prompts, responses, *, images=None, max_length: int, batch_size: int,
+                        sources=None):
+        """``[(rows, inputs)]``: right-padded (prompt, image(s), response) batches in input order,
+        each row with its own images (references opened here, each file once; an unreadable one
+        raises :class:`~saferlhf.data.multimodal.ImageLoadError` naming ``sources[i]``). The
+        response is cut at ``max_length`` as in training (image tokens are never cut)."""
+        images = images if images is not None else [[] for _ in prompts]
+        srcs = list(sources) if sources is not None else [f"item {i}" for i in range(len(prompts))]
+        batches = []
+        for i in range(0, len(prompts), batch_size):
+            sl = slice(i, i + batch_size)
+            imgs = [self.load_images(list(refs or []), source=src) for refs, src in zip(images[sl], srcs[sl],
+                                                                                      strict=True)]
+            vb = self.prepare(list(prompts[sl]), imgs, list(responses[sl]), padding_side="right",
+                              max_length=max_length, sources=srcs[sl])
+            batches.append((list(range(i, i + len(imgs))), dict(vb)))
+        return batches
 
     def same_encoding(self, other: Any) -> bool:
         return (isinstance(other, VLMProcessor) and other.to_dict() == self.to_dict()

@@ -139,7 +139,7 @@ def build_guard_model(cfg: GuardTrainConfig, records: Sequence[GuardRecord]) -> 
     from saferlhf.data.templates import template_for
     from saferlhf.models.checkpoint import load_template
     from saferlhf.models.loading import load_backbone, load_tokenizer
-    from saferlhf.models.tiny_vlm import VLMProcessor, is_vlm_dir
+    from saferlhf.processing import VLMProcessor, is_vlm_dir
 
     template = None
     has_images = any(r.images for r in records) and not cfg.ignore_images
