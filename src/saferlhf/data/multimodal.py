@@ -1,7 +1,7 @@
 """Collation of (prompt, image, response) examples for a vision-language model.
 
 The image-text counterpart of the text collators (``trainers/sft.py:collate_sft``,
-``trainers/score.py:collate_pairs``, the rollout's left-padded prompts), built on
+the text processor's ``pair_examples``, the rollout's left-padded prompts), built on
 :class:`saferlhf.models.tiny_vlm.VLMProcessor` (template, image placeholders, image-token
 expansion, padding) for LLaVA- and Qwen2-VL-style models:
 

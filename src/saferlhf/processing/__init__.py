@@ -165,6 +165,31 @@ class TextProcessor:
         examples = encode_sft_examples(records, self.tokenizer, self.template, max_length)
         return examples, lambda items: collate_sft(items, self.pad_token_id)
 
+    def pair_examples(self, pairs, first, *, max_length: int, stage: str | None = None, model: str = "the model"):
+        """``(items, to_batch)`` for pairwise training: per pair the token ids of the response named
+        by ``first`` and of the other, cut at ``max_length`` (None when the prompt alone does not
+        fit), and the function that batches items as one right-padded (2B, L) batch, the
+        ``first`` rows then the others."""
+        from saferlhf.data.templates import encode_prompt_responses
+        from saferlhf.processing.sft import warn_images_ignored
+
+        if stage is not None:
+            warn_images_ignored(pairs, model, stage)
+        prompts = [p.prompt for p in pairs]
+        other = ["b" if f == "a" else "a" for f in first]
+        enc = encode_prompt_responses(self.tokenizer, self.template, prompts + prompts,
+                                      [p.response(f) for p, f in zip(pairs, first)]
+                                      + [p.response(o) for p, o in zip(pairs, other)], max_length=None)
+        n = len(pairs)
+        items = [None if plen >= max_length else (hi[:max_length], enc[n + i][0][:max_length])
+                 for i, (hi, plen) in enumerate(enc[:n])]
+
+        def to_batch(batch):
+            ids, mask = pad_sequences([b[0] for b in batch] + [b[1] for b in batch], self.pad_token_id, side="right")
+            return {"input_ids": ids, "attention_mask": mask}
+
+        return items, to_batch
+
     def scoring_batches(self, prompts, responses, *, images=None, max_length: int, batch_size: int,
                         sources=None):
         """``[(rows, inputs)]``: right-padded prompt + response batches for a score model, rows of

@@ -558,6 +558,21 @@ class VLMProcessor:
         cache: dict = {}
         return list(records), lambda items: collate_vlm_sft(items, self, max_length=max_length, image_cache=cache)
 
+    def pair_examples(self, pairs, first, *, max_length: int, stage: str | None = None, model: str = "the model"):
+        """``(items, to_batch)`` for pairwise training: the pairs themselves, encoded with their
+        image(s) at batch time (:func:`saferlhf.data.multimodal.collate_vlm_pairs`: the ``first``
+        rows then the others; each image file decoded once)."""
+        from saferlhf.data.multimodal import collate_vlm_pairs
+
+        cache: dict = {}
+
+        def to_batch(batch):
+            vb = collate_vlm_pairs([p for p, _ in batch], self, first=[f for _, f in batch], max_length=max_length,
+                                   image_cache=cache)
+            return dict(vb)
+
+        return list(zip(pairs, first)), to_batch
+
     def scoring_batches(self, prompts, responses, *, images=None, max_length: int, batch_size: int,
                         sources=None):
         """``[(rows, inputs)]``: right-padded (prompt, image(s), response) batches in input order,

@@ -28,7 +28,6 @@ import torch
 from saferlhf import losses as L
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import CostModelConfig, RewardModelConfig, ScoreModelConfig
-from saferlhf.data.collate import pad_sequences
 from saferlhf.data.templates import Template
 from saferlhf.distributed import full_state_dict_if_sharded
 from saferlhf.eval.score_eval import score_pairs, summarize_scores
@@ -37,7 +36,7 @@ from saferlhf.models.checkpoint import load_template
 from saferlhf.models.score_model import ScoreModel
 from saferlhf.models.tiny_vlm import freeze_vlm_parts
 from saferlhf.processing import as_processor, load_processor
-from saferlhf.trainers.common import encode_prompt_responses, make_accelerator, seed_everything
+from saferlhf.trainers.common import make_accelerator, seed_everything
 from saferlhf.trainers.loop import run_supervised_loop
 from saferlhf.trainers.sft import lora_spec
 
@@ -101,66 +100,38 @@ def set_pair_labels(ex: EncodedPair, p, hi_which: str, lo_which: str, cfg: Score
     return ex
 
 
-def encode_pairs(pairs, tokenizer, template: Template, cfg: ScoreModelConfig, kind: str) -> tuple[list[EncodedPair], int]:
-    """Orient and tokenise the pairs that carry the label this model learns from.
-
-    Returns (examples, number of pairs without that label, which the caller reports). Pairs whose
-    prompt alone is longer than ``max_length`` are left out with a warning that counts them.
-    """
-    kept, sides, missing = orient_pairs(pairs, kind)
-    prompts = [p.prompt for p in kept]
-    enc = encode_prompt_responses(tokenizer, template, prompts + prompts,
-                                  [p.response(h) for p, (h, _) in zip(kept, sides)]
-                                  + [p.response(lo) for p, (_, lo) in zip(kept, sides)], max_length=None)
-    n = len(kept)
-    out, too_long = [], 0
-    for i, (p, (hi_which, lo_which)) in enumerate(zip(kept, sides)):
-        (hi, plen), (lo, _) = enc[i], enc[n + i]
-        if plen >= cfg.max_length:
-            too_long += 1
-            continue
-        ex = EncodedPair(hi[:cfg.max_length], lo[:cfg.max_length])
-        out.append(set_pair_labels(ex, p, hi_which, lo_which, cfg, kind))
-    if too_long:
-        warnings.warn(f"{kind} model: {too_long} of {len(pairs)} pairs left out: their prompt is longer than "
-                      f"max_length={cfg.max_length} tokens (raise --max-length to keep them)", stacklevel=2)
-    return out, missing
-
-
-def collate_pairs(examples: list[EncodedPair], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Both sides of every pair in one right-padded (2B, L) batch: hi rows first, then lo rows."""
-    ids, mask = pad_sequences([e.hi for e in examples] + [e.lo for e in examples], pad_id, side="right")
-    t = lambda name: torch.tensor([getattr(e, name) for e in examples], dtype=torch.float32, device=device)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "sign_hi": t("sign_hi"), "sign_lo": t("sign_lo"), "weight_hi": t("weight_hi"),
-            "weight_lo": t("weight_lo"), "unsafe_hi": t("unsafe_hi"), "unsafe_lo": t("unsafe_lo")}
-
-
 _LABEL_KEYS = ("sign_hi", "sign_lo", "weight_hi", "weight_lo", "unsafe_hi", "unsafe_lo")
 
 
-@dataclass(slots=True)
-class VLMPairExample:
-    """A pair for a VLM score model: the record (tokenised with its image at collation time),
-    its hi side, and the labels (an :class:`EncodedPair` with empty token lists)."""
-
-    pair: object
-    hi_which: str
-    labels: EncodedPair
+def label_tensors(labels: list[EncodedPair], device) -> dict[str, torch.Tensor]:
+    """The loss's label tensors of a batch of pairs (B,) each."""
+    return {name: torch.tensor([getattr(e, name) for e in labels], dtype=torch.float32, device=device)
+            for name in _LABEL_KEYS}
 
 
-def collate_vlm_score_pairs(examples: list[VLMPairExample], processor, device, *, max_length: int,
-                            image_cache: dict | None = None) -> dict:
-    """The VLM counterpart of :func:`collate_pairs`: hi rows then lo rows, each with its pair's
-    image(s) (:func:`saferlhf.data.multimodal.collate_vlm_pairs`), plus the label tensors."""
-    from saferlhf.data.multimodal import collate_vlm_pairs
+def pair_examples(pairs, processor, cfg: ScoreModelConfig, kind: str):
+    """``(examples, missing, collate)``: the pairs that carry this model's label, oriented (hi
+    side first) and encoded by the processor, each with its labels; the number without the
+    label; and the function that batches examples (hi rows then lo rows, plus the labels).
+    Pairs whose prompt alone is longer than ``max_length`` are left out with a warning."""
+    kept, sides, missing = orient_pairs(pairs, kind)
+    items, to_batch = processor.pair_examples(kept, [hi for hi, _ in sides], max_length=cfg.max_length,
+                                              stage=f"{kind} model", model=str(cfg.model))
+    examples, too_long = [], 0
+    for p, (hi, lo), item in zip(kept, sides, items, strict=True):
+        if item is None:
+            too_long += 1
+            continue
+        examples.append((item, set_pair_labels(EncodedPair([], []), p, hi, lo, cfg, kind)))
+    if too_long:
+        warnings.warn(f"{kind} model: {too_long} of {len(pairs)} pairs left out: their prompt is longer than "
+                      f"max_length={cfg.max_length} tokens (raise --max-length to keep them)", stacklevel=2)
 
-    vb = collate_vlm_pairs([e.pair for e in examples], processor, first=[e.hi_which for e in examples],
-                           max_length=max_length, image_cache=image_cache)
-    batch = {k: v.to(device) for k, v in vb.items()}
-    for name in _LABEL_KEYS:
-        batch[name] = torch.tensor([getattr(e.labels, name) for e in examples], dtype=torch.float32, device=device)
-    return batch
+    def collate(batch: list, device) -> dict[str, torch.Tensor]:
+        inputs = {k: v.to(device) for k, v in to_batch([item for item, _ in batch]).items()}
+        return {**inputs, **label_tensors([labels for _, labels in batch], device)}
+
+    return examples, missing, collate
 
 
 def make_loss_fn(cfg: ScoreModelConfig, kind: str):
@@ -255,6 +226,7 @@ class ScoreModelTrainer:
             raise ConfigError("a model object needs processing_class= (its tokenizer or processor)")
         self.template = (load_template(model, self.processor) if isinstance(model, (str, Path))
                          else self.processor.template)
+        self.processor = as_processor(self.processor, self.template)  # encodes with the model's template
         self.pairs = load_pairs(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
         eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
         self.eval_pairs = None
@@ -273,27 +245,11 @@ class ScoreModelTrainer:
         check_stage(cfg, f"{kind}-model")  # models, tokenizer, --out: before any work
         return cls(cfg, kind=kind, **kwargs)
 
-    def _examples(self):
-        """(examples, collate) of the training pairs oriented for this model's loss."""
-        cfg, kind, proc, dev = self.args, self.kind, self.processor, self.accelerator.device
-        if proc.modality == "text":
-            from saferlhf.processing.sft import warn_images_ignored
-
-            warn_images_ignored(self.pairs, cfg.model, f"{kind} model")
-            train, missing = encode_pairs(self.pairs, proc.tokenizer, self.template, cfg, kind)
-            return train, missing, lambda items: collate_pairs(items, proc.pad_token_id, dev)
-        kept, sides, missing = orient_pairs(self.pairs, kind)
-        train = [VLMPairExample(p, hi, set_pair_labels(EncodedPair([], []), p, hi, lo, cfg, kind))
-                 for p, (hi, lo) in zip(kept, sides)]
-        cache: dict = {}
-        return train, missing, lambda items: collate_vlm_score_pairs(items, proc, dev, max_length=cfg.max_length,
-                                                                     image_cache=cache)
-
     def train(self) -> dict:
         """Train for the configured steps (checkpoints and resume in ``args.out``) and save the
         model in ``args.out``; returns the steps and the final train / eval metrics."""
         cfg, kind, acc = self.args, self.kind, self.accelerator
-        train, missing, collate = self._examples()
+        train, missing, collate = pair_examples(self.pairs, self.processor, cfg, kind)
         if missing:
             acc.print(f"[{kind}-model] {missing} of {len(self.pairs)} pairs have no "
                       f"{'better' if kind == 'reward' else 'safer'} label and are not used by this loss")
@@ -309,7 +265,7 @@ class ScoreModelTrainer:
             return {k: v for k, v in s.items() if isinstance(v, float)}
 
         self.result = run_supervised_loop(
-            cfg, acc, self.model, n_examples=len(train), collate=lambda idx: collate([train[i] for i in idx]),
+            cfg, acc, self.model, n_examples=len(train), collate=lambda idx: collate([train[i] for i in idx], acc.device),
             loss_fn=make_loss_fn(cfg, kind), evaluate=evaluate if eval_pairs else None, name=f"{kind}-model")
         self.save_model(cfg.out)
         return {"steps": self.result.steps, "train": self.result.final_metrics, "eval": self.result.eval_metrics}
