@@ -41,6 +41,7 @@ from saferlhf.processing.vlm import (
     EncodedPrompts,
     EncodedVLM,
     ImageInputs,
+    TokenizerPassThrough,
     VLMBatch,
     VLMProcessor,
     hf_vlm_style,
@@ -112,7 +113,7 @@ class Processor(Protocol):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Any: ...
 
 
-class TextProcessor:
+class TextProcessor(TokenizerPassThrough):
     """A text model's processor: its tokenizer and prompt template."""
 
     modality = "text"
@@ -132,16 +133,6 @@ class TextProcessor:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.tokenizer(*args, **kwargs)
 
-    def __len__(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
 
     def encode_prompts(self, prompts, images=None, *, sources=None) -> EncodedPrompts:
         return EncodedPrompts([encode_prompt(self.tokenizer, self.template, p) for p in prompts])
@@ -235,11 +226,6 @@ class TextProcessor:
                 and other.eos_token_id == self.eos_token_id
                 and other.template == self.template)
 
-    def decode(self, ids, **kwargs) -> str:
-        return self.tokenizer.decode(ids, **kwargs)
-
-    def batch_decode(self, ids, **kwargs) -> list[str]:
-        return self.tokenizer.batch_decode(ids, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
         return self.tokenizer.save_pretrained(save_directory, **kwargs)

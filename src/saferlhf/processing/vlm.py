@@ -168,7 +168,41 @@ class EncodedVLM:
 
 
 # ----------------------------------------------------------------------------- processor
-class VLMProcessor:
+class TokenizerPassThrough:
+    """The ids, vocabulary and decoding of the wrapped ``tokenizer``, so code that only reads ids
+    takes a processor in place of a tokenizer. ``skip_special_tokens`` is the decoding default."""
+
+    tokenizer: Any
+    skip_special_tokens: bool = False
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
+
+    def decode(self, ids, **kwargs) -> str:
+        kwargs.setdefault("skip_special_tokens", self.skip_special_tokens)
+        return self.tokenizer.decode(ids, **kwargs)
+
+    def batch_decode(self, ids, **kwargs) -> list[str]:
+        kwargs.setdefault("skip_special_tokens", self.skip_special_tokens)
+        return self.tokenizer.batch_decode(ids, **kwargs)
+
+
+class VLMProcessor(TokenizerPassThrough):
     """Prompt + images (+ response) → model inputs, for LLaVA- and Qwen2-VL-style models.
 
     Holds the tokenizer (with the image tokens), a PIL image processor, and the prompt
@@ -181,6 +215,8 @@ class VLMProcessor:
     through, so text code that only reads ids works with a processor in place of a tokenizer;
     ``save_pretrained`` writes the tokenizer too.
     """
+
+    skip_special_tokens = True  # decoded responses never show image tokens
 
     def __init__(
         self,
@@ -213,33 +249,6 @@ class VLMProcessor:
         self._text_cache: dict[tuple, list[int]] = {}
         self._pixel_cache: dict[int, tuple[Any, dict[str, torch.Tensor]]] = {}
         self._image_cache: dict[str, Any] = {}
-
-    # --- tokenizer pass-through ---------------------------------------------------------
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.tokenizer.bos_token_id
-
-    def __len__(self) -> int:
-        return len(self.tokenizer)
-
-    def get_vocab(self) -> dict[str, int]:
-        return self.tokenizer.get_vocab()
-
-    def decode(self, ids, **kwargs) -> str:
-        kwargs.setdefault("skip_special_tokens", True)
-        return self.tokenizer.decode(ids, **kwargs)
-
-    def batch_decode(self, ids, **kwargs) -> list[str]:
-        kwargs.setdefault("skip_special_tokens", True)
-        return self.tokenizer.batch_decode(ids, **kwargs)
 
     @property
     def image_token_ids(self) -> list[int]:

@@ -213,7 +213,11 @@ class RolloutBackend(abc.ABC):
     no-op for in-process HF generation, where the backend samples from the live module).
     """
 
-    @abc.abstractmethod
+    sampling: SamplingParams
+    tokenizer: Any = None
+    decode: bool = True
+    backend_name: str = "?"
+
     def generate(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -224,10 +228,38 @@ class RolloutBackend(abc.ABC):
         generator: torch.Generator | None = None,
         image_inputs: Any = None,
     ) -> RolloutBatch:
-        """Sample ``n`` responses for every prompt (``n`` defaults to ``sampling.n``).
+        """Sample ``n`` responses for every prompt (``n`` defaults to ``sampling.n``; rows of a
+        prompt are consecutive).
 
-        ``image_inputs`` (vision-language policies): the prompts' images, one row per prompt
-        (prompt ids then hold the expanded image tokens); the batch carries them per row."""
+        ``seed`` makes the call reproducible without touching the global RNG stream;
+        ``generator`` (a ``torch.Generator``) draws that seed, so successive calls with the same
+        generator differ but a run replays exactly. ``image_inputs`` (vision-language policies):
+        the prompts' images, one row per prompt (prompt ids then hold the expanded image tokens);
+        the batch carries them per row."""
+        sampling = sampling or self.sampling
+        n = int(n if n is not None else sampling.n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        prompts = [list(map(int, p)) for p in prompt_ids]
+        if not prompts:
+            raise ValueError("no prompts")
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+        if seed is None and generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        batch = self._sample(prompts, n=n, sampling=sampling, seed=seed, image_inputs=image_inputs)
+        if self.decode and self.tokenizer is not None:
+            batch.response_texts = self.tokenizer.batch_decode(
+                [batch.response_token_ids(i) for i in range(len(batch))], skip_special_tokens=True
+            )
+        batch.meta.update({"backend": self.backend_name, "n": n, "seed": seed, "sampling": sampling})
+        return batch
+
+    @abc.abstractmethod
+    def _sample(self, prompts: list[list[int]], *, n: int, sampling: SamplingParams, seed: int | None,
+                image_inputs: Any) -> RolloutBatch:
+        """The backend's sampling of checked prompts (``generate`` validates and decodes)."""
 
     def sync_weights(self, model: Any) -> None:
         """Make the backend sample from ``model``'s current weights."""

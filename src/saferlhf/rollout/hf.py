@@ -87,6 +87,10 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def _first_given(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
 class HFRolloutBackend(RolloutBackend):
     """Sample with ``model.generate`` (KV cache on by default).
 
@@ -99,6 +103,8 @@ class HFRolloutBackend(RolloutBackend):
     seed with a different batch_size gives different samples).
     use_cache: the KV cache (off only for benchmarking).
     """
+
+    backend_name = "hf"
 
     def __init__(
         self,
@@ -124,25 +130,13 @@ class HFRolloutBackend(RolloutBackend):
         self.suppress_tokens: list[int] = list(getattr(tokenizer, "image_token_ids", None) or [])
         gen_cfg = getattr(unwrap_model(model, unwrap), "generation_config", None)
 
-        eos = eos_token_id
-        if eos is None and tokenizer is not None:
-            eos = tokenizer.eos_token_id
-        if eos is None and gen_cfg is not None:
-            eos = gen_cfg.eos_token_id
+        # Explicit ids win, then the tokenizer's, then the model's generation config.
+        eos = _first_given(eos_token_id, getattr(tokenizer, "eos_token_id", None), getattr(gen_cfg, "eos_token_id", None))
         if eos is None:
             raise ValueError("no EOS token id: pass eos_token_id= or a tokenizer that has one")
-        self.eos_token_ids: list[int] = (
-            [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
-        )
-
-        pad = pad_token_id
-        if pad is None and tokenizer is not None:
-            pad = tokenizer.pad_token_id
-        if pad is None and gen_cfg is not None:
-            pad = gen_cfg.pad_token_id
-        if pad is None:
-            pad = self.eos_token_ids[0]
-        self.pad_token_id = int(pad)
+        self.eos_token_ids: list[int] = [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+        self.pad_token_id = int(_first_given(pad_token_id, getattr(tokenizer, "pad_token_id", None),
+                                             getattr(gen_cfg, "pad_token_id", None), self.eos_token_ids[0]))
 
     # ------------------------------------------------------------------ API
     def sync_weights(self, model: Any = None) -> None:
@@ -189,35 +183,8 @@ class HFRolloutBackend(RolloutBackend):
                              "vision kwargs)")
         return image_inputs.repeat_rows(n) if n > 1 else image_inputs
 
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        *,
-        n: int | None = None,
-        sampling: SamplingParams | None = None,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        image_inputs: Any = None,
-    ) -> RolloutBatch:
-        """Sample ``n`` responses per prompt (rows of a prompt are consecutive).
-
-        ``seed`` makes the call reproducible without touching the global RNG stream;
-        ``generator`` (a ``torch.Generator``) draws that seed, so successive calls with the same
-        generator differ but a run replays exactly.
-        """
-        sampling = sampling or self.sampling
-        n = int(n if n is not None else sampling.n)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        prompts = [list(map(int, p)) for p in prompt_ids]
-        if not prompts:
-            raise ValueError("no prompts")
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError(f"prompt {i} is empty")
-        if seed is None and generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-
+    def _sample(self, prompts: list[list[int]], *, n: int, sampling: SamplingParams, seed: int | None,
+                image_inputs: Any) -> RolloutBatch:
         rows = [p for p in prompts for _ in range(n)]
         prompt_index = [i for i in range(len(prompts)) for _ in range(n)]
         B = len(rows)
@@ -259,12 +226,6 @@ class HFRolloutBackend(RolloutBackend):
             eos_token_ids=self.eos_token_ids,
             prompt_index=prompt_index,
         )
-        if self.decode and self.tokenizer is not None:
-            batch.response_texts = self.tokenizer.batch_decode(
-                [batch.response_token_ids(i) for i in range(len(batch))], skip_special_tokens=True
-            )
         if row_images is not None:
             batch.image_inputs = row_images
-        batch = batch.to(device)
-        batch.meta.update({"backend": "hf", "n": n, "seed": seed, "sampling": sampling})
-        return batch
+        return batch.to(device)

@@ -105,6 +105,8 @@ class VLLMRolloutBackend(RolloutBackend):
     the trainer's. sleep: release the engine's KV cache between rollouts (vLLM sleep mode).
     """
 
+    backend_name = "vllm"
+
     def __init__(
         self,
         model: Any,
@@ -201,27 +203,12 @@ class VLLMRolloutBackend(RolloutBackend):
             reset()  # cached prefixes hold keys/values of the old weights
 
     # ------------------------------------------------------------------ sampling
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        *,
-        n: int | None = None,
-        sampling: SamplingParams | None = None,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        image_inputs: Any = None,
-    ) -> RolloutBatch:
+    def _sample(self, prompts: list[list[int]], *, n: int, sampling: SamplingParams, seed: int | None,
+                image_inputs: Any) -> RolloutBatch:
         if image_inputs is not None:
             raise ConfigError("--backend vllm samples text policies only; use --backend hf for a VLM policy")
         from vllm import SamplingParams as VSamplingParams
 
-        sampling = sampling or self.sampling
-        n = int(n if n is not None else sampling.n)
-        prompts = [list(map(int, p)) for p in prompt_ids]
-        if not prompts or any(not p for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        if seed is None and generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         params = VSamplingParams(**vllm_sampling_kwargs(sampling, eos_token_ids=self.eos_token_ids, n=n, seed=seed))
         if self.sleep:
             self.engine.wake_up()
@@ -233,17 +220,12 @@ class VLLMRolloutBackend(RolloutBackend):
         batch = build_rollout_batch(
             rows, responses_from_outputs(outputs, self.eos_token_ids), pad_token_id=self.pad_token_id,
             eos_token_ids=self.eos_token_ids, prompt_index=[i for i in range(len(prompts)) for _ in range(n)])
-        if self.decode and self.tokenizer is not None:
-            batch.response_texts = self.tokenizer.batch_decode(
-                [batch.response_token_ids(i) for i in range(len(batch))], skip_special_tokens=True)
         policy = self.unwrap(self.model) if self.unwrap is not None else self.model
         try:
             device = next(policy.parameters()).device
         except (StopIteration, AttributeError):
             device = torch.device("cuda")
-        batch = batch.to(device)
-        batch.meta.update({"backend": "vllm", "n": n, "seed": seed, "sampling": sampling})
-        return batch
+        return batch.to(device)
 
     def close(self) -> None:
         if self._lora_dir is not None:
