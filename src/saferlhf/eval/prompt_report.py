@@ -167,7 +167,8 @@ def plot_arena(summary: dict[str, Any], path: Path) -> Path:
         ax.imshow(m, cmap="Reds", vmin=0, vmax=max(1, m.max()))
         for i in range(2):
             for j in range(2):
-                ax.text(j, i, f"{m[i, j]}\n({m[i, j] / max(1, t['n']):.1%})", ha="center", va="center", fontsize=10)
+                ax.text(j, i, f"{m[i, j]}\n({m[i, j] / max(1, t['n']):.1%})", ha="center", va="center", fontsize=10,
+                        color="white" if m[i, j] > 0.6 * m.max() else "black")
         ax.set_xticks([0, 1], ["B safe", "B unsafe"])
         ax.set_yticks([0, 1], ["A safe", "A unsafe"])
         ax.set_title(f"safe/unsafe transition ({summary.get('unsafe_definition')})")
