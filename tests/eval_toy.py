@@ -17,12 +17,18 @@ def tokenizer(extra: tuple[str, ...] = ()):
     return build_word_level_tokenizer([*WORDS, *extra])
 
 
-def policy(out: Path, tok, *, seed: int = 0, hidden: int = 32, layers: int = 1) -> Path:
+def policy(out: Path, tok, *, seed: int = 0, hidden: int = 32, layers: int = 1, logit_scale: float = 1.0) -> Path:
+    """A random policy; ``logit_scale`` > 1 makes its next-token distributions peaked (a random
+    tiny model is near-uniform, so two of them sample the same tokens from the same seed)."""
+    import torch
+
     from saferlhf.data.templates import template_for
     from saferlhf.models.checkpoint import save_policy
     from saferlhf.models.tiny import tiny_llama
 
     model = tiny_llama(tok, seed=seed, hidden_size=hidden, num_layers=layers, num_heads=2)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
     return save_policy(model, tok, out, template=template_for(tok))
 
 
