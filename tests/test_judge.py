@@ -167,6 +167,7 @@ class _Stub(BaseHTTPRequestHandler):
         mode = self.mode  # as when the request came (a test may switch it meanwhile)
         if mode == "sleep":
             time.sleep(1.5)
+            return self._send(200, json.dumps({"choices": [{"message": {"content": "A"}}]}).encode())
         if mode == "error":
             return self._send(500, b'{"error": "boom"}')
         if mode == "garbage":
