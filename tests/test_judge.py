@@ -250,6 +250,11 @@ def test_endpoint_errors_name_the_url_and_the_fix(stub, toy, tmp_path, capsys):
     assert refused in capsys.readouterr().err and not out.exists()
     assert time.perf_counter() - t < 10  # checked before any generation
 
+    assert cli.main(["eval", "arena", "--policy-a", str(toy["a"]), "--policy-b", str(toy["b"]), "--prompts",
+                     str(toy["prompts"]), "--judge", str(tmp_path / "no_judge"), "--out", str(out),
+                     "--no-progress"]) == 2
+    assert "no_judge" in capsys.readouterr().err and not out.exists()
+
     _Stub.mode = "sleep"
     with pytest.raises(JudgeError, match=r"did not answer within 0.3 s.*--judge-timeout"):
         EndpointJudge(stub, model="m", timeout=0.3).ask([{"role": "user", "content": "hi"}])

@@ -196,8 +196,9 @@ def run_eval_arena(cfg) -> dict[str, Any]:
     items = read_items(cfg)  # bad input fails before any model loads
     judge = None
     if cfg.judge is not None:
-        from saferlhf.eval.judge import is_endpoint, load_judge
+        from saferlhf.eval.judge import check_judge_spec, is_endpoint, load_judge
 
+        check_judge_spec(cfg.judge)
         if is_endpoint(cfg.judge):  # reach the endpoint before spending minutes on generation
             judge = load_judge(cfg.judge, model=cfg.judge_model, timeout=cfg.judge_timeout,
                                max_tokens=cfg.judge_max_tokens, concurrency=cfg.judge_concurrency,

@@ -304,6 +304,20 @@ def is_endpoint(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
 
 
+def check_judge_spec(spec: str) -> None:
+    """Fail fast on a local judge that cannot load (its config is read; the weights load later)."""
+    if is_endpoint(spec):
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(spec)
+    except OSError as e:
+        raise JudgeError(f"--judge {spec}: not a model folder nor a cached hub id ({str(e).splitlines()[0]}). "
+                         "Fix: pass a save_pretrained causal-LM dir, or an OpenAI-compatible endpoint URL "
+                         "http(s)://host:port/v1") from None
+
+
 def load_judge(spec: str, *, model: str | None = None, timeout: float = 60.0, max_tokens: int = 16,
                concurrency: int = 4, api_key_env: str = "OPENAI_API_KEY", device: str | None = None,
                dtype: str = "auto") -> Judge:
