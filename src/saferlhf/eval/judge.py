@@ -87,9 +87,9 @@ def parse_verdict(text: str | None) -> str | None:
     """``"A"``, ``"B"``, ``"tie"`` or ``None`` (unparseable) from a judge's reply.
 
     Accepted: the label alone or first (``"A"``, ``"B."``, ``"**tie**"``, ``"Answer: B"``,
-    ``"Response A is better"``), or MT-Bench's ``[[A]]``. A reply that names no label first
-    (``"Both are fine"``, ``"A and B are equal"`` is read as ``A`` only because it starts with
-    the label) gives ``None``."""
+    ``"Response A is better"``), or MT-Bench's ``[[A]]`` anywhere. A reply that neither starts
+    with a label nor holds ``[[label]]`` gives ``None`` (``"Both are fine"``); the first label
+    wins, so ``"A and B are equal"`` reads as ``A`` (the judge is asked for one word)."""
     if not text:
         return None
     m = _BRACKETED.search(text)
