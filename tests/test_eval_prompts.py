@@ -108,7 +108,7 @@ def test_generate_vlm_reads_each_prompts_image(tmp_path, capsys):
                  "--max-new-tokens", "6", "--no-progress"]) == 0
     rows = T.read_jsonl(out)
     assert [r["k"] for r in rows] == [0, 1, 2] and rows[0]["image"] == "img/0.png"
-    # the image is an input: the same text with another image is answered from other features
+    # each row is answered with its own image (resolved against the prompts file's folder)
     from saferlhf.eval.samplers import PolicySampler
 
     s = PolicySampler(vlm, temperature=0.0, max_new_tokens=6)

@@ -70,8 +70,6 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / COMPLETE_MARKER).is_file()
 
 
-
-
 @contextmanager
 def atomic_file(final: str | Path) -> Iterator[Path]:
     """Write one file under a temporary name in its folder; rename it into place only on success

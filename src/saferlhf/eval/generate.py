@@ -40,7 +40,7 @@ class Generations:
     seconds: float = 0.0
 
     @property
-    def n_tokens_note(self) -> str:
+    def truncation_note(self) -> str:
         cut = sum(not e for row in self.ended_with_eos for e in row)
         total = sum(len(row) for row in self.ended_with_eos)
         return f"{cut} of {total} cut at max_new_tokens"
@@ -144,6 +144,6 @@ def run_generate(cfg) -> int:
     sampler = sampler_from_config(cfg, cfg.model, n=cfg.n)
     gens = generate_items(sampler, items, n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
     write_jsonl(cfg.out, output_rows(items, gens, cfg.n))
-    print(f"generated {len(items)} x {cfg.n} completion(s) in {gens.seconds:.1f} s ({gens.n_tokens_note}) "
+    print(f"generated {len(items)} x {cfg.n} completion(s) in {gens.seconds:.1f} s ({gens.truncation_note}) "
           f"-> {cfg.out}")
     return 0
