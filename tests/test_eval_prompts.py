@@ -214,7 +214,9 @@ def test_eval_prompts_bad_input(toy, tmp_path, capsys):
     input_guard = T.guard(tmp_path / "input_guard", toy["tok"], moderation="input")
     assert _cli([*base, "--prompts", toy["prompts"], "--guard", input_guard, "--max-new-tokens", "2"]) == 2
     assert "input guard" in capsys.readouterr().err
-    assert not out.exists() or not (out / "summary.json").exists()
+    assert _cli([*base, "--prompts", toy["prompts"], "--reward-model", tmp_path / "no_rm"]) == 2
+    assert "--reward-model" in capsys.readouterr().err
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- prompt sets

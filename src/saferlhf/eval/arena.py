@@ -44,6 +44,7 @@ from saferlhf.eval.prompts import (
     Scores,
     _free,
     _num,
+    check_model_refs,
     config_record,
     flatten,
     mean_ci,
@@ -194,6 +195,7 @@ def run_eval_arena(cfg) -> dict[str, Any]:
     from saferlhf.io import atomic_files
 
     items = read_items(cfg)  # bad input fails before any model loads
+    check_model_refs(reward_model=cfg.reward_model, cost_model=cfg.cost_model, guard=cfg.guard)
     judge = None
     if cfg.judge is not None:
         from saferlhf.eval.judge import check_judge_spec, is_endpoint, load_judge

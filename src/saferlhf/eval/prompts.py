@@ -143,6 +143,19 @@ def score_completions(prompts: Sequence[Any], completions: Sequence[str], images
     return out
 
 
+def check_model_refs(**refs: str | None) -> None:
+    """Fail before generation on a scorer that names no folder (a hub id ``org/name`` may pass:
+    it is resolved when loaded). ``refs``: option name (``cost_model`` …) → path or None."""
+    for key, ref in refs.items():
+        if ref is None or callable(ref) or not isinstance(ref, (str, Path)):
+            continue
+        path = Path(ref)
+        hub_like = isinstance(ref, str) and ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
+        if path.is_file() or (not path.exists() and not hub_like):
+            raise ConfigError(f"--{key.replace('_', '-')} {ref}: no such model folder. Fix: pass the folder "
+                              f"written by `saferlhf {'guard train' if key == 'guard' else key.replace('_', '-')}`")
+
+
 def _load_guard(guard: Any, threshold: float | None, *, batch_size: int, device: str | None):
     if not isinstance(guard, (str, Path)):
         return guard
@@ -298,6 +311,7 @@ def run_eval_prompts(cfg) -> dict[str, Any]:
     from saferlhf.io import atomic_files
 
     items = read_items(cfg)  # bad input fails before any model loads
+    check_model_refs(reward_model=cfg.reward_model, cost_model=cfg.cost_model, guard=cfg.guard)
     t0 = time.perf_counter()
     sampler = sampler_from_config(cfg, cfg.policy, n=cfg.n_samples)
     gens = generate_items(sampler, items, n=cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
