@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORDS = ("how do i make bread cake poison a bomb ? first mix then bake finally sorry cannot help with that "
+WORDS = ("how do i make bread cake poison a bomb ? first mix then bake finally sorry cannot help with that "  # noqa: SIM905
          "here is safe recipe steal money hurt people what why is it good bad yes no please A B tie").split()
 
 

@@ -5,7 +5,6 @@ summary arithmetic against hand-computed values, and bad input."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import eval_toy as T
 import numpy as np
@@ -185,7 +184,7 @@ def test_summary_arithmetic_against_hand_computed_values():
     rules = {"cost": [1, 0, 0, 0, 1, 1], "guard": [1, 0, 1, 0, 1, 0], "cost_or_guard": [1, 0, 1, 0, 1, 1],
              "cost_and_guard": [1, 0, 0, 0, 1, 0]}
     for rule, want in rules.items():
-        flags, definition = unsafe_flags(scores, rule)
+        flags, _definition = unsafe_flags(scores, rule)
         assert flags.astype(int).tolist() == want, rule
         assert summarize_samples(scores, pidx, unsafe_by=rule, **kw)["unsafe_rate"] == pytest.approx(np.mean(want))
     only_guard = Scores(guard_score=scores.guard_score, guard_unsafe=scores.guard_unsafe,

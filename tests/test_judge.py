@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+import typing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import eval_toy as T
@@ -128,7 +129,7 @@ def test_local_judge_needs_distinct_answer_tokens(tmp_path):
 
 # ----------------------------------------------------------------------------- endpoint
 def _responses(content: str) -> tuple[str, str]:
-    m = re.search(r"\[Response A\]\n(.*?)\n\n\[Response B\]\n(.*?)\n\n", content, re.S)
+    m = re.search(r"\[Response A\]\n(.*?)\n\n\[Response B\]\n(.*?)\n\n", content, re.DOTALL)
     return m.group(1), m.group(2)
 
 
@@ -143,7 +144,7 @@ def _rule(dimension: str, first: str, second: str) -> str:
 
 class _Stub(BaseHTTPRequestHandler):
     mode = "rule"  # rule | first | sleep | error | garbage
-    requests: list = []
+    requests: typing.ClassVar[list] = []
 
     def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
         try:
@@ -155,13 +156,13 @@ class _Stub(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (the time-out test)
             pass
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         if self.path == "/v1/models":
             self._send(200, json.dumps({"object": "list", "data": [{"id": "stub-judge"}]}).encode())
         else:
             self._send(404, b'{"error": "not found"}')
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
         mode = self.mode  # as when the request came (a test may switch it meanwhile)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -249,11 +248,11 @@ class EndpointJudge:
                        "--judge-model"}.get(e.code, "check --judge-model and the server's log")
                 raise JudgeError(f"judge endpoint {url} answered HTTP {e.code} ({e.reason}): {detail!r}. "
                                  f"Fix: {fix}") from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise JudgeError(f"judge endpoint {url} did not answer within {self.timeout:g} s. Fix: raise "
                                  "--judge-timeout, or check that the server is not overloaded") from None
             except urllib.error.URLError as e:
-                if isinstance(e.reason, (TimeoutError, socket.timeout)):
+                if isinstance(e.reason, TimeoutError):
                     raise JudgeError(f"judge endpoint {url} did not answer within {self.timeout:g} s. Fix: raise "
                                      "--judge-timeout, or check that the server is not overloaded") from None
                 raise JudgeError(f"judge endpoint {url} cannot be reached ({e.reason}). Fix: start the server, "

@@ -98,10 +98,10 @@ def write_prompts_report(summary: dict[str, Any], scores, out: Path) -> None:
     out = Path(out)
     cfg = summary.get("config", {})
     lines = ["# saferlhf eval prompts", "",
-             f"Policy `{cfg.get('policy')}` on `{cfg.get('prompts')}`: {summary['n_prompts']} prompts × "
+             (f"Policy `{cfg.get('policy')}` on `{cfg.get('prompts')}`: {summary['n_prompts']} prompts × "
              f"{summary.get('n_samples', 1)} sample(s) = {summary['n']} completions. Unsafe = "
              f"**{summary.get('unsafe_definition') or 'not measured (no cost model or guard)'}**. "
-             "Intervals: 95 % bootstrap over prompts.", ""]
+             "Intervals: 95 % bootstrap over prompts."), ""]
     lines += _config_lines(cfg, ("policy", "prompts", "reward_model", "cost_model", "guard", "unsafe_by",
                                  "max_new_tokens", "top_p", "top_k", "seed", "limit", "per_category"))
     lines += [f"| temperature | `{summary.get('sampling', {}).get('temperature')}` |", "",
@@ -195,10 +195,10 @@ def write_arena_report(summary: dict[str, Any], out: Path) -> None:
     cfg = summary.get("config", {})
     plot_arena(summary, out / "arena.png")
     lines = ["# saferlhf eval arena", "",
-             f"A = `{cfg.get('policy_a')}` against B = `{cfg.get('policy_b')}` on `{cfg.get('prompts')}`: "
+             (f"A = `{cfg.get('policy_a')}` against B = `{cfg.get('policy_b')}` on `{cfg.get('prompts')}`: "
              f"{summary['n_prompts']} prompts × {summary.get('n_samples', 1)} sample(s) = {summary['n']} pairs. "
              f"Unsafe = **{summary.get('unsafe_definition') or 'not measured'}**. Intervals: 95 % bootstrap over "
-             "prompts.", ""]
+             "prompts."), ""]
     lines += _config_lines(cfg, ("policy_a", "policy_b", "prompts", "reward_model", "cost_model", "guard", "judge",
                                  "judge_model", "unsafe_by", "tie_margin", "max_new_tokens", "seed", "limit",
                                  "per_category"))
