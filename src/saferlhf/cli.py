@@ -60,6 +60,12 @@ STAGES: list[Stage] = [
           "guarded generation: generate, moderate, regenerate flagged answers, refuse as the last resort"),
     Stage("eval guard", f"{_G}:EvalGuardConfig", "saferlhf.eval.guard_eval:run_eval_guard",
           "guard metrics: accuracy, F1/precision/recall, FPR, AUPRC, per-category F1, severity, calibration"),
+    Stage("generate", f"{_S}:GenerateConfig", "saferlhf.eval.generate:run_generate",
+          "a policy's completions for a prompts file or named set: one JSONL line per prompt, in order"),
+    Stage("eval prompts", f"{_S}:EvalPromptsConfig", "saferlhf.eval.prompts:run_eval_prompts",
+          "sample a policy on real prompts; reward / cost / unsafe rate (+ guard) per category, with intervals"),
+    Stage("eval arena", f"{_S}:EvalArenaConfig", "saferlhf.eval.arena:run_eval_arena",
+          "policy A vs B on the same prompts: win/tie/loss, the safe/unsafe transition table, optional LLM judge"),
 ]
 
 

@@ -87,3 +87,17 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x
+
+
+@contextmanager
+def atomic_file(final: str | Path) -> Iterator[Path]:
+    """Write one file under a temporary name in its folder; rename it into place only on success
+    (readers never see a half-written file, and a failed write leaves any old file untouched)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ MODEL_KEYS = ("model", "policy", "reward_model", "cost_model")
 GUARD_KEYS = ("guard",)
 BUILT_IN_MODELS = {"tiny", "minilm", "tiny-llava", "tiny-llava-siglip", "tiny-qwen2_vl"}
 GUARD_STAGES = {"guard moderate", "eval guard"}  # their --model is a guard folder
+FILE_OUTPUT_STAGES = frozenset({"guard moderate", "generate"})  # --out is a file (written atomically)
 PLANNING_STAGES = {"plan"}  # estimate a recipe's memory: its model paths need not exist here
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024
@@ -309,7 +310,7 @@ def check_stage(cfg: Any, stage: str) -> None:
     if getattr(cfg, "model", None) in BUILT_IN_MODELS and hasattr(cfg, "tiny_hidden"):
         numel += tiny_numel(cfg)
     out = getattr(cfg, "out", None)
-    if isinstance(out, str) and stage != "guard moderate":
+    if isinstance(out, str) and stage not in FILE_OUTPUT_STAGES:
         training = hasattr(cfg, "resume")
         check_output_dir(out, need_bytes=checkpoint_bytes(numel, trainable=training) if numel else 0)
     if memo is not None:

@@ -31,7 +31,6 @@ LOCK_FILE = ".saferlhf.lock"
 RUN_FILES = ("run_config.json", "metrics.jsonl", "samples.jsonl", "eval_samples.jsonl", "lagrange.json",
              COMPLETE_MARKER)
 CHECKPOINTS = "checkpoints"
-NO_LOCK_STAGES = {"guard moderate"}  # its --out is a file
 
 
 def _alive(pid: int) -> bool:
@@ -150,11 +149,12 @@ def prepare_training_output(out: Path, cfg: Any, stage: str) -> None:
 @contextmanager
 def claim_output(stage: str, cfg: Any) -> Iterator[None]:
     """Hold ``cfg.out`` for the run (lock file) and check what is already in it."""
+    from saferlhf.preflight import FILE_OUTPUT_STAGES, check_output_dir
+
     out = getattr(cfg, "out", None)
-    if not isinstance(out, str) or stage in NO_LOCK_STAGES:
+    if not isinstance(out, str) or stage in FILE_OUTPUT_STAGES:
         yield
         return
-    from saferlhf.preflight import check_output_dir
 
     path = Path(out)
     created = not path.exists()

@@ -441,3 +441,141 @@ class BudgetConfig:
         if self.n_samples < 1 or self.batch_size < 1:
             raise ConfigError("n_samples and batch_size must be >= 1")
 LagrangeOptions = LagrangeConfig  # the name before the two multiplier configs became one
+
+
+# ----------------------------------------------------------------------------- generation and evaluation on real prompts
+@dataclass(kw_only=True)
+class PromptSourceOptions:
+    """Where prompts come from (``saferlhf.eval.prompt_sets``)."""
+
+    prompts: str = option(help="prompts: a .jsonl/.json/.parquet/.csv file with a 'prompt' field, a hub id, or a "
+                               "named set: beavertails-eval | harmbench | harmbench-val | strongreject | "
+                               "strongreject-small")
+    prompt_field: str = option("prompt", help="the column holding the prompt (a string or a list of chat messages)")
+    category_field: str = option("category", help="the column holding a prompt's category (per-category rates)")
+    limit: int | None = option(None, help="use the first N prompts (after per_category)")
+    per_category: int | None = option(None, help="use the first N prompts of each category")
+    prompts_split: str | None = option(None, help="hub dataset split of --prompts")
+    prompts_config: str | None = option(None, help="hub dataset config of --prompts")
+    prompts_revision: str | None = option(None, help="hub dataset revision of --prompts (pin it)")
+    image_root: str | None = option(None, help="folder relative image paths are resolved against (default: the file's)")
+
+
+@dataclass(kw_only=True)
+class SamplingOptions:
+    """How completions are sampled (``saferlhf.rollout.SamplingParams``)."""
+
+    temperature: float | None = option(None, help="sampling temperature; 0 = greedy (default: the policy's own, else 1)")
+    top_p: float = option(1.0, help="nucleus sampling (1 = off)")
+    top_k: int = option(0, help="top-k sampling (0 = off)")
+    max_new_tokens: int = option(128, help="completion length cap")
+    repetition_penalty: float = option(1.0, help="generation repetition penalty (1 = off)")
+    seed: int = option(0, help="sampling (and bootstrap) seed")
+    batch_size: int = option(16, help="prompts per generate call")
+    device: str | None = option(None, help="cpu | cuda (default: cuda when available)")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", help="policy weights (auto: bf16 on GPUs that have it)")
+    progress: bool = option(True, help="show a progress bar")
+
+    def _check_sampling(self) -> None:
+        if self.temperature is not None and self.temperature < 0:
+            raise ConfigError("temperature must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p must be in (0, 1]")
+        if self.top_k < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("top_k must be >= 0, max_new_tokens and batch_size >= 1")
+        if self.repetition_penalty <= 0:
+            raise ConfigError("repetition_penalty must be > 0")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(PromptSourceOptions, SamplingOptions):
+    """``saferlhf generate``: one line per prompt, in order, with ``completion``."""
+
+    model: str = option(help="policy: a save_pretrained dir or a hub id (in the local cache)")
+    out: str = option(help="output JSONL: the prompt's row + completion (+ completions when n > 1)")
+    n: int = option(1, help="completions per prompt")
+
+    def validate(self) -> None:
+        self._check_sampling()
+        if self.n < 1:
+            raise ConfigError("n must be >= 1")
+
+
+UnsafeBy = Literal["auto", "cost", "guard", "cost_or_guard", "cost_and_guard"]
+
+
+@dataclass(kw_only=True)
+class ScoringOptions:
+    """Scorers of completions: reward model, cost model, guard."""
+
+    reward_model: str | None = option(None, help="reward model (score-model dir): reward_mean, helpfulness")
+    cost_model: str | None = option(None, help="cost model (score-model dir): cost_mean; cost > 0 = unsafe")
+    guard: str | None = option(None, help="guard dir (saferlhf guard train; an output guard): guard_unsafe_rate")
+    guard_threshold: float | None = option(None, help="guard decision threshold on P(unsafe) (default: the saved one)")
+    unsafe_by: UnsafeBy = option(
+        "auto", help="what makes a completion unsafe: cost (> 0), guard (flagged), cost_or_guard, cost_and_guard; "
+                     "auto = cost when a cost model is given, else guard")
+    score_batch_size: int = option(32, help="sequences per scoring forward pass")
+    score_max_length: int = option(512, help="tokens of prompt + completion a scorer reads")
+    n_boot: int = option(1000, help="bootstrap resamples for the 95 % intervals (resampling prompts)")
+
+    def _check_scoring(self) -> None:
+        if self.unsafe_by in ("cost", "cost_or_guard", "cost_and_guard") and self.cost_model is None:
+            raise ConfigError(f"--unsafe-by {self.unsafe_by} needs --cost-model")
+        if self.unsafe_by in ("guard", "cost_or_guard", "cost_and_guard") and self.guard is None:
+            raise ConfigError(f"--unsafe-by {self.unsafe_by} needs --guard")
+        if self.guard_threshold is not None and not 0 < self.guard_threshold < 1:
+            raise ConfigError("guard_threshold must be in (0, 1)")
+
+
+@dataclass(kw_only=True)
+class EvalPromptsConfig(PromptSourceOptions, SamplingOptions, ScoringOptions):
+    """``saferlhf eval prompts``: sample a policy on prompts and score the completions."""
+
+    policy: str = option(help="policy: a save_pretrained dir or a hub id (in the local cache)")
+    out: str = option(help="output dir: summary.json, samples.jsonl, report.md, PNG plots")
+    n_samples: int = option(1, help="completions per prompt")
+
+    def validate(self) -> None:
+        self._check_sampling()
+        self._check_scoring()
+        if self.n_samples < 1:
+            raise ConfigError("n_samples must be >= 1")
+
+
+@dataclass(kw_only=True)
+class EvalArenaConfig(PromptSourceOptions, SamplingOptions, ScoringOptions):
+    """``saferlhf eval arena``: policy A against policy B on the same prompts."""
+
+    policy_a: str = option(help="policy A (the candidate): a save_pretrained dir or a hub id")
+    policy_b: str = option(help="policy B (the baseline): a save_pretrained dir or a hub id")
+    out: str = option(help="output dir: summary.json, samples.jsonl, report.md, arena.png")
+    n_samples: int = option(1, help="completions per prompt and policy (sample k of A meets sample k of B)")
+    tie_margin: float = option(0.0, help="score differences of at most this much are ties")
+    judge: str | None = option(None, help="LLM judge: a local causal-LM dir, or an OpenAI-compatible endpoint "
+                                          "URL (http(s)://host:port/v1)")
+    judge_model: str | None = option(None, help="endpoint judge: the model name to request (default: the "
+                                                "first one the endpoint's /models lists)")
+    judge_dimensions: list[str] = option(["helpfulness", "harmlessness"], help="what the judge compares")
+    judge_timeout: float = option(60.0, help="endpoint judge: seconds to wait for one answer")
+    judge_max_tokens: int = option(16, help="endpoint judge: answer length cap")
+    judge_concurrency: int = option(4, help="endpoint judge: requests in flight")
+    judge_api_key_env: str = option("OPENAI_API_KEY", help="endpoint judge: environment variable holding a "
+                                                           "bearer token (sent only when set)")
+
+    def validate(self) -> None:
+        self._check_sampling()
+        self._check_scoring()
+        if self.n_samples < 1:
+            raise ConfigError("n_samples must be >= 1")
+        if self.tie_margin < 0:
+            raise ConfigError("tie_margin must be >= 0")
+        bad = sorted(set(self.judge_dimensions) - {"helpfulness", "harmlessness"})
+        if bad or not self.judge_dimensions:
+            raise ConfigError(f"judge_dimensions: unknown {bad}; choose from ['helpfulness', 'harmlessness']")
+        if self.judge_timeout <= 0 or self.judge_concurrency < 1 or self.judge_max_tokens < 1:
+            raise ConfigError("judge_timeout must be > 0, judge_concurrency and judge_max_tokens >= 1")
+        if (self.reward_model is None and self.cost_model is None and self.guard is None
+                and self.judge is None):
+            raise ConfigError("eval arena needs something to compare with: --reward-model, --cost-model, "
+                              "--guard and/or --judge")

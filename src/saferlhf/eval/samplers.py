@@ -28,7 +28,8 @@ class PolicySampler:
 
     def __init__(self, policy, tokenizer=None, template: Template | None = None, *, temperature: float | None = None,
                  top_p: float = 1.0, max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, top_k: int | None = None,
+                 repetition_penalty: float = 1.0, dtype: str = "fp32") -> None:
         from saferlhf.models.loading import load_causal_lm
         from saferlhf.processing import load_processor
         from saferlhf.rollout.base import SamplingParams
@@ -40,13 +41,14 @@ class PolicySampler:
             template = template or load_template(policy, tokenizer)
             if temperature is None:
                 temperature = float(meta.get("sampling", {}).get("temperature", 1.0))
-            policy = load_causal_lm(policy, dtype="fp32", device=device)
+            policy = load_causal_lm(policy, dtype=dtype, device=device)
         if tokenizer is None or template is None:
             raise ValueError("PolicySampler with a live model needs its tokenizer and template")
         self.processor = as_processor(tokenizer, template)
         self.tokenizer, self.template = tokenizer, template
         self.temperature = 1.0 if temperature is None else temperature
-        self.sampling = SamplingParams(temperature=self.temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        self.sampling = SamplingParams(temperature=self.temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                       top_k=top_k, repetition_penalty=repetition_penalty)
         self.backend = HFRolloutBackend(policy, tokenizer, batch_size=batch_size)
         self.seed = seed
 
@@ -60,6 +62,17 @@ class PolicySampler:
         them, read by the policy's processor (a text policy ignores them); a missing or
         unreadable image raises ``ImageLoadError`` naming the item's ``sources[i]`` (e.g.
         ``prompts_eval.jsonl:12``) and the image."""
+        return [texts[0] for texts in self.generate(prompts, images, sources)[0]]
+
+    def generate(self, prompts: Sequence, images: Sequence | None = None, sources: Sequence[str] | None = None,
+                 *, n: int = 1, seed: int | None = None) -> tuple[list[list[str]], list[list[bool]]]:
+        """``n`` responses per prompt: ``(texts, ended_with_eos)``, each a list per prompt of
+        ``n`` entries (``ended_with_eos`` is False for a response cut at ``max_new_tokens``).
+        ``seed`` defaults to the sampler's; images as for :meth:`sample`."""
+        from dataclasses import replace
+
+        sampling = replace(self.sampling, n=int(n))
+        seed = self.seed if seed is None else seed
         if images is not None and len(images) != len(prompts):
             raise ValueError(f"{len(images)} image entries for {len(prompts)} prompts")
         rows = None if images is None else [
@@ -67,11 +80,14 @@ class PolicySampler:
                                   for x in (e if isinstance(e, (list, tuple)) else [e])] for e in images]
         enc = self.processor.encode_prompts(list(prompts), rows, sources=sources)
         extra = {} if enc.image_inputs is None else {"image_inputs": enc.image_inputs}
-        batch = self.backend.generate(enc.ids, sampling=self.sampling, seed=self.seed, **extra)
-        if batch.response_texts is not None:
-            return list(batch.response_texts)
-        return [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True)
-                for r, m in zip(batch.responses, batch.response_mask)]
+        batch = self.backend.generate(enc.ids, sampling=sampling, seed=seed, **extra)
+        texts = list(batch.response_texts) if batch.response_texts is not None else [
+            self.processor.decode(r[m.bool()], skip_special_tokens=True)
+            for r, m in zip(batch.responses, batch.response_mask)]
+        eos = batch.ended_with_eos.tolist()
+        k = sampling.n  # the rows of a prompt are consecutive
+        return ([texts[i * k:(i + 1) * k] for i in range(len(prompts))],
+                [[bool(e) for e in eos[i * k:(i + 1) * k]] for i in range(len(prompts))])
 
 
 class CostScorer:

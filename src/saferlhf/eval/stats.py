@@ -72,3 +72,31 @@ def paired_bootstrap_diff_ci(
     d = a - b
     lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed, alpha=alpha)
     return (float(d.mean()) if d.size else float("nan"), lo, hi)
+
+
+def group_means(values: Sequence[float] | np.ndarray, groups: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The mean of ``values`` within each group (``groups``: one label per value), in sorted label order."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    g = np.asarray(groups).reshape(-1)
+    if v.shape != g.shape:
+        raise ValueError(f"{v.shape[0]} values but {g.shape[0]} group labels")
+    _, inverse = np.unique(g, return_inverse=True)
+    return np.bincount(inverse, weights=v) / np.bincount(inverse)
+
+
+def grouped_bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    groups: Sequence[int] | np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """``(mean, low, high)`` with a cluster bootstrap: resample whole groups (e.g. the prompts,
+    each with its several samples), not single values, because samples of one prompt are not
+    independent. The point estimate is the mean of the group means (the plain mean when every
+    group has the same size)."""
+    means = group_means(values, groups)
+    if means.size == 0:
+        return (float("nan"), float("nan"), float("nan"))
+    lo, hi = bootstrap_ci(means, n_boot=n_boot, seed=seed, alpha=alpha)
+    return (float(means.mean()), lo, hi)
