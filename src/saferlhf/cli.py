@@ -48,6 +48,8 @@ STAGES: list[Stage] = [
           "the whole Safe RLHF pipeline in the verifiable world, with a report (what `make demo` runs)"),
     Stage("rl", f"{_S}:RLConfig", "saferlhf.trainers.rl:run_rl",
           "Safe RLHF: ppo | ppo_lag | reward_shaping | grpo_lag from an SFT policy"),
+    Stage("dpo", f"{_S}:DPOConfig", "saferlhf.trainers.preference:run_dpo",
+          "direct preference optimisation for safety: dpo | safe_dpo | sacpo | c_dpo from an SFT policy"),
     Stage("budget", f"{_S}:BudgetConfig", "saferlhf.trainers.rl:run_budget",
           "cost distribution of policy samples under the cost model, and the budget d for a target unsafe rate"),
     Stage("guard train", f"{_G}:GuardTrainConfig", "saferlhf.guard.train:run_guard_train",
