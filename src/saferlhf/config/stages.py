@@ -404,9 +404,6 @@ class DPOConfig(TrainConfig):
             raise ConfigError("sacpo_merge must be in [0, 1]")
         if self.sacpo_merge is not None and self.algo != "sacpo":
             raise ConfigError("--sacpo-merge applies to --algo sacpo only")
-        if self.algo == "c_dpo" and (self.reward_model is None or self.cost_model is None):
-            raise ConfigError("--algo c_dpo needs --reward-model DIR and --cost-model DIR (its preferences come "
-                              "from r - λc on the pairs)")
         if not 0.0 <= self.budget_unsafe_rate <= 1.0:
             raise ConfigError("budget_unsafe_rate must be in [0, 1]")
         if self.lambda_every < 1 or self.lambda_samples < 1:

@@ -233,6 +233,10 @@ class DPOTrainer:
         self.args = cfg = args
         if cfg.algo not in ALGOS:
             raise ConfigError(f"--algo {cfg.algo}: expected one of {ALGOS}")
+        if cfg.algo == "c_dpo" and ((cfg.reward_model if reward_model is None else reward_model) is None
+                                    or (cfg.cost_model if cost_model is None else cost_model) is None):
+            raise ConfigError("--algo c_dpo needs --reward-model DIR and --cost-model DIR (its preferences come "
+                              "from r - λc on the pairs)")
         seed_everything(cfg.seed)
         self.accelerator = make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
         model = cfg.model if model is None else model
