@@ -80,8 +80,10 @@ def rl_configs(ctx: dict, out: Path, lambdas: list[float], quick: bool) -> dict[
     common = dict(policy=ctx["sft"], rm=ctx["rm"], cm=ctx["cm"], prompts=ctx["prompts"])
     runs = {"ppo_lag": P._rl_config(demo, sizes, algo="ppo_lag", out=out / "ppo_lag", budget=0.0, **common),
             "ppo": P._rl_config(demo, sizes, algo="ppo", out=out / "ppo", budget=0.0, **common)}
-    grpo = P._rl_config(demo, sizes, algo="grpo_lag", out=out / "grpo_lag", budget=0.0, **common)
-    runs["grpo_lag"] = dataclasses.replace(grpo, n_samples=2, rollout_batch_size=grpo.rollout_batch_size // 2)
+    lag = runs["ppo_lag"]  # GRPO-Lag: the same prompts per batch budget, as 2 samples of half the prompts
+    runs["grpo_lag"] = dataclasses.replace(lag, algo="grpo_lag", n_samples=2, out=str(out / "grpo_lag"),
+                                           rollout_batch_size=lag.rollout_batch_size // 2)
+    runs["grpo_lag"].validate()
     for lam in lambdas:
         runs[f"reward_shaping_{lam:g}"] = P._rl_config(demo, sizes, algo="reward_shaping", lam0=lam, budget=0.0,
                                                        out=out / f"reward_shaping_{lam:g}", **common)

@@ -183,3 +183,17 @@ def test_bad_pairs_are_skipped_and_counted(world, tmp_path):
     assert summary["pairs_used"] == {"better": 2}
     with pytest.raises(DataError, match="identical"):
         DPOTrainer(DPOConfig(**{**cfg.__dict__, "on_bad_record": "error"}))
+
+
+def test_cli_dpo_then_eval_world(world, tmp_path):
+    from saferlhf.cli import main
+
+    out = tmp_path / "cli_dpo"
+    assert main(["dpo", "--algo", "safe_dpo", "--model", str(world["sft"]), "--data", str(world["pairs"]),
+                 "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--progress", "false"]) == 0
+    assert (out / "metrics.jsonl").is_file() and (out / "COMPLETE").is_file()
+    assert main(["eval", "world", "--policy", str(out), "--world", str(world["root"] / "world"),
+                 "--out", str(tmp_path / "ev"), "--n-boot", "10"]) == 0
+    # c_dpo without its score models is a config error (exit 2), before any training
+    assert main(["dpo", "--algo", "c_dpo", "--model", str(world["sft"]), "--data", str(world["pairs"]),
+                 "--out", str(tmp_path / "c")]) == 2
