@@ -197,3 +197,13 @@ def test_cli_dpo_then_eval_world(world, tmp_path):
     # c_dpo without its score models is a config error (exit 2), before any training
     assert main(["dpo", "--algo", "c_dpo", "--model", str(world["sft"]), "--data", str(world["pairs"]),
                  "--out", str(tmp_path / "c")]) == 2
+
+
+def test_precomputed_reference_and_lora_reference_match_the_live_ones(world):
+    live, _ = _train(world, "ref_live", algo="dpo", max_steps=3)
+    pre, _ = _train(world, "ref_pre", algo="dpo", max_steps=3, precompute_ref_logprobs=True)
+    assert math.isclose(live["final"]["loss"], pre["final"]["loss"], rel_tol=1e-5)
+    trainer = DPOTrainer(_cfg(world, "ref_lora", algo="dpo", max_steps=2, lora_r=4))
+    assert trainer.ref.mode == "disabled_adapter" and trainer.ref.extra_parameter_count() == 0
+    first = trainer.train()["first"]
+    assert abs(first["rewards/margins"]) < 1e-6  # the policy starts equal to its reference
