@@ -52,7 +52,8 @@ def prepare(out: Path, seed: int, noise: float, quick: bool, workers: int, timer
     from saferlhf.trainers.sft import run_sft
 
     sizes = P.QUICK if quick else P.FULL
-    demo = DemoConfig(out=str(out), seed=seed, noise=noise, quick=quick, progress=False, workers=workers, guard=False)
+    demo = DemoConfig(out=str(out), seed=seed, noise=noise, quick=quick, progress=False, workers=workers, guard=False,
+                      budget=0.0)
     world = out / "world"
     with timer("world"):
         generate_world(world, seed=seed, noise=noise, n_sft=sizes.n_sft, n_pairs_train=sizes.n_pairs_train,

@@ -366,7 +366,9 @@ class DPOConfig(TrainConfig):
     preference: Literal["better", "safer"] = option(
         "better", help="dpo: which label orders a pair (better = helpfulness, safer = harmlessness)")
     beta: float = option(0.1, help="β: the KL coefficient of the DPO objective")
-    safe_dpo_delta: float = option(2.0, help="safe_dpo: safety margin Δ >= 0 (0 = DPO on the re-ordered pairs)")
+    safe_dpo_delta: float = option(
+        0.0, help="safe_dpo: safety margin Δ >= 0 (0 = DPO on the re-ordered pairs; in the world Δ = 2 halved benign "
+                  "helpfulness for no gain in harm, docs/frontier.md)")
     sacpo_order: Literal["helpful_first", "safe_first"] = option(
         "helpful_first", help="sacpo: which preference the first step aligns for")
     sacpo_safety_beta: float | None = option(
