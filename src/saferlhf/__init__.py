@@ -4,3 +4,16 @@ Pipeline: ``data -> models -> losses -> trainers -> eval``. See ``../shared/DESI
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Trainers load torch/transformers: imported on first use, so `import saferlhf` stays light.
+    if name == "DPOTrainer":
+        from saferlhf.trainers.preference import DPOTrainer
+
+        return DPOTrainer
+    if name == "DPOConfig":
+        from saferlhf.config.stages import DPOConfig
+
+        return DPOConfig
+    raise AttributeError(f"module 'saferlhf' has no attribute {name!r}")
