@@ -381,8 +381,8 @@ class DPOConfig(TrainConfig):
         0.05, help="c_dpo: budget on the share of policy samples the cost model calls unsafe (cost > 0)")
     budget: float | None = option(
         None, help="c_dpo: budget d on the mean cost of policy samples instead of the unsafe rate (null: use the rate)")
-    lambda_init: float = option(1.0, help="c_dpo: initial multiplier λ₀")
-    lambda_lr: float = option(5.0, help="c_dpo: dual step size η (projected ascent: λ ← [λ + η (J_C − d)]₊)")
+    lambda_init: float = option(0.0, help="c_dpo: initial multiplier λ₀ (measured: 0 beat 1, docs/frontier.md)")
+    lambda_lr: float = option(2.0, help="c_dpo: dual step size η (projected ascent: λ ← [λ + η (J_C − d)]₊)")
     lambda_max: float = option(20.0, help="c_dpo: cap on λ")
     lambda_every: int = option(10, help="c_dpo: optimiser steps between dual updates (each samples the policy)")
     lambda_samples: int = option(128, help="c_dpo: prompts sampled from the current policy per dual update")
