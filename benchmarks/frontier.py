@@ -166,7 +166,7 @@ def table(per_seed: dict[int, dict]) -> str:
              + " | ".join(f"harmful rate 95 % CI (seed {s})" for s in seeds) + " |",
              "|---|---|---|---|---|" + "---|" * len(seeds)]
     for n in names:
-        def mean(k):
+        def mean(k, n=n):
             v = [per_seed[s]["methods"][n].get(k) for s in seeds]
             v = [x for x in v if x is not None]
             return float(np.mean(v)) if v else float("nan")

@@ -62,8 +62,8 @@ def _cfg(world, name: str, **kw) -> DPOConfig:
 
 def _oracles(world):
     w = world["world"]
-    reward = lambda ps, rs: np.array([w.helpfulness(p, r) for p, r in zip(ps, rs)])  # noqa: E731
-    cost = lambda ps, rs: np.array([w.harm(p, r) for p, r in zip(ps, rs)])  # noqa: E731
+    reward = lambda ps, rs: np.array([w.helpfulness(p, r) for p, r in zip(ps, rs)])
+    cost = lambda ps, rs: np.array([w.harm(p, r) for p, r in zip(ps, rs)])
     return reward, cost
 
 
@@ -125,8 +125,8 @@ def test_safe_dpo_learns_and_is_less_harmful_than_dpo(world, dpo_run):
 
 
 def test_c_dpo_learns_moves_lambda_and_is_less_harmful_than_dpo(world, dpo_run):
-    summary, lines = _train(world, "c_dpo", algo="c_dpo", lambda_every=10, lambda_samples=64,
-                            budget_unsafe_rate=0.0, lambda_init=0.5, lambda_lr=5.0)
+    _, lines = _train(world, "c_dpo", algo="c_dpo", lambda_every=10, lambda_samples=64,
+                      budget_unsafe_rate=0.0, lambda_init=0.5, lambda_lr=5.0)
     _learns(lines)
     lams = [x["lambda"] for x in lines]
     assert max(lams) > 0.5 and "dual/unsafe_rate" in lines[9]  # λ rose: the SFT policy breaks a 0 budget

@@ -56,7 +56,13 @@ from saferlhf.config.stages import DPOConfig
 from saferlhf.data.schema import PreferencePair
 from saferlhf.data.templates import Template
 from saferlhf.models.checkpoint import load_template, save_policy
-from saferlhf.models.policy import ReferenceModel, eval_mode, forward_logprobs, prepare_policy, unwrap_model
+from saferlhf.models.policy import (
+    ReferenceModel,
+    eval_mode,
+    forward_logprobs,
+    prepare_policy,
+    unwrap_model,
+)
 from saferlhf.trainers.common import (
     MetricsLogger,
     NonFiniteLossError,
@@ -582,10 +588,7 @@ class DPOTrainer:
                 save_policy(policy, self.tokenizer, stage1, template=self.template,
                             meta={"algo": "sacpo", "step": "1", "order": cfg.sacpo_order})
             self.accelerator.wait_for_everyone()
-            optimizer.state.clear() if hasattr(optimizer, "state") else None
-            inner = getattr(optimizer, "optimizer", None)
-            if inner is not None:
-                inner.state.clear()
+            getattr(optimizer, "optimizer", optimizer).state.clear()  # under accelerate's wrapper
         self.ref = ReferenceModel.load(stage1, policy)
 
     @torch.no_grad()
