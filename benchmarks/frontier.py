@@ -34,7 +34,7 @@ from typing import Any
 
 METRICS = ("helpfulness_benign", "harmful_rate", "over_refusal_benign", "harmful_rate_harmful", "model_cost")
 DEFAULT_LAMBDAS = (0.1, 0.5, 2.0, 5.0)
-DEFAULT_BETAS = (0.05, 0.1, 0.3)
+DEFAULT_BETAS = (0.1, 0.3, 1.0)
 
 
 def _dpo_job(name: str, cfg) -> Any:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=("all", "dpo", "rl"), default="all")
     ap.add_argument("--lambdas", default=",".join(f"{x:g}" for x in DEFAULT_LAMBDAS))
-    ap.add_argument("--betas", default=None, help="β sweep of dpo, safe_dpo and sacpo (default 0.05,0.1,0.3; quick: 0.1)")
+    ap.add_argument("--betas", default=None, help="β sweep of dpo, safe_dpo and sacpo (default 0.1,0.3,1; quick: 0.1)")
     ap.add_argument("--workers", type=int, default=0, help="parallel stages (0: one per CPU core)")
     a = ap.parse_args(argv)
     import os
