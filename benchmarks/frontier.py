@@ -151,7 +151,7 @@ def run_seed(out: Path, seed: int, *, noise: float, quick: bool, only: str, lamb
 
 
 def family(name: str) -> str:
-    for prefix in ("safe_dpo", "sacpo", "c_dpo", "dpo", "reward_shaping", "ppo_lag", "grpo_lag", "ppo", "sft"):
+    for prefix in ("safe_dpo", "p_sacpo", "sacpo", "c_dpo", "dpo", "reward_shaping", "ppo_lag", "grpo_lag", "ppo", "sft"):
         if name.startswith(prefix):
             return prefix
     return name
@@ -180,7 +180,7 @@ def table(per_seed: dict[int, dict]) -> str:
 
 
 COLORS = {"sft": "black", "ppo": "tab:red", "ppo_lag": "tab:blue", "grpo_lag": "tab:cyan",
-          "reward_shaping": "tab:gray", "dpo": "tab:orange", "safe_dpo": "tab:green", "sacpo": "tab:purple",
+          "reward_shaping": "tab:gray", "dpo": "tab:orange", "safe_dpo": "tab:green", "sacpo": "tab:purple", "p_sacpo": "tab:pink",
           "c_dpo": "tab:olive"}
 
 
