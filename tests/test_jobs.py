@@ -3,7 +3,6 @@ progress from metrics.jsonl, and errors that keep their type and name the failin
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 

@@ -23,6 +23,8 @@ _EXPORTS = {
     "SFTTrainer": "saferlhf.trainers.sft",
     "ScoreModelTrainer": "saferlhf.trainers.score",
     "SafeRLTrainer": "saferlhf.trainers.rl",
+    "DPOTrainer": "saferlhf.trainers.preference",
+    "DPOConfig": "saferlhf.config.stages",
     "SFTConfig": "saferlhf.config.stages",
     "RewardModelConfig": "saferlhf.config.stages",
     "CostModelConfig": "saferlhf.config.stages",

@@ -31,6 +31,7 @@ from torch import Tensor
 __all__ = [
     "aggregate",
     "auroc",
+    "c_dpo_loss",
     "combine_advantages",
     "cost_model_loss",
     "cost_model_loss_tokenwise",
@@ -44,16 +45,21 @@ __all__ = [
     "grpo_lag_advantages",
     "kl_k1",
     "kl_k3",
+    "lagrangian_preference",
     "last_token_index",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "merge_weights",
     "pairwise_accuracy",
     "policy_loss",
     "reward_model_loss",
     "reward_model_loss_tokenwise",
     "right_pad",
+    "sacpo_stage_loss",
+    "safe_dpo_loss",
+    "safe_dpo_order",
     "sft_loss",
     "shaped_token_rewards",
     "sign_accuracy",
@@ -933,4 +939,163 @@ def dpo_loss(
         "margin": (c - r).mean(),
         "accuracy": (c > r).float().mean(),
     }
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# The safety-aware direct-preference family (DPO variants)
+# ---------------------------------------------------------------------------
+
+
+def safe_dpo_order(
+    better_is_a: Tensor, unsafe_a: Tensor, unsafe_b: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SafeDPO's safety-aware re-ordering of a helpfulness preference (Kim et al., 2025).
+
+    Given the helpfulness winner (``better_is_a``: 1 when response a is preferred) and the
+    unsafety indicators ``h_a = 1[a unsafe]``, ``h_b``, the pair is re-ordered so that an unsafe
+    response never wins over a safe one:
+
+    ``(y_w, y_l) ← (y_l, y_w)  if  h_w = 1 and h_l = 0,  else  (y_w, y_l)``.
+
+    Returns ``(chosen_is_a, h_chosen, h_rejected)`` (bool, float, float), each (B,).
+    """
+    better = better_is_a.bool()
+    ua, ub = unsafe_a.float(), unsafe_b.float()
+    h_w = torch.where(better, ua, ub)
+    h_l = torch.where(better, ub, ua)
+    swap = (h_w > 0.5) & (h_l < 0.5)
+    chosen_is_a = torch.where(swap, ~better, better)
+    return chosen_is_a, torch.where(swap, h_l, h_w), torch.where(swap, h_w, h_l)
+
+
+def _dpo_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, Tensor]:
+    c, r = chosen.detach(), rejected.detach()
+    return {
+        "chosen_reward": c.mean(),
+        "rejected_reward": r.mean(),
+        "margin": (c - r).mean(),
+        "accuracy": (c > r).float().mean(),
+    }
+
+
+def safe_dpo_loss(
+    policy_logp_w: Tensor,
+    policy_logp_l: Tensor,
+    ref_logp_w: Tensor,
+    ref_logp_l: Tensor,
+    unsafe_w: Tensor,
+    unsafe_l: Tensor,
+    beta: float = 0.1,
+    delta: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """SafeDPO (Kim et al., 2025, "SafeDPO: A Simple Approach to Direct Preference Optimization
+    with Enhanced Safety", arXiv:2505.20065), on pairs already re-ordered by :func:`safe_dpo_order`:
+
+    ``L = mean −log σ( β log[π(y_w)/π_ref(y_w)] − β log[π(y_l)/π_ref(y_l)] − (h_l − h_w) Δ )``
+
+    with ``h = 1[response unsafe]`` and the safety margin Δ ≥ 0: a pair whose loser is unsafe
+    and whose winner is safe must be separated by a further Δ in implicit reward. Δ = 0 is DPO
+    on the re-ordered pairs (the paper's closed-form optimum does not depend on Δ; Δ > 0 pushes
+    probability off unsafe responses faster). Metrics as :func:`dpo_loss` (without the margin).
+    """
+    chosen = beta * (policy_logp_w - ref_logp_w.detach())
+    rejected = beta * (policy_logp_l - ref_logp_l.detach())
+    margin_term = (unsafe_l.float() - unsafe_w.float()) * delta
+    loss = -F.logsigmoid(chosen - rejected - margin_term).mean()
+    return loss, _dpo_metrics(chosen, rejected)
+
+
+def sacpo_stage_loss(
+    policy_logp_w: Tensor,
+    policy_logp_l: Tensor,
+    stage_ref_logp_w: Tensor,
+    stage_ref_logp_l: Tensor,
+    beta: float = 0.1,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One step of SACPO (Wachi et al., NeurIPS 2024, "Stepwise Alignment for Constrained
+    Language Model Policy Optimization"): DPO against the *previous step's* policy.
+
+    Step 1 (e.g. helpfulness, preferences by ``better``): ``π₁ = argmin L_DPO(π; π_ref = π_SFT, β)``.
+    Step 2 (harmlessness, preferences by ``safer``), KL-regularised to π₁:
+
+    ``L₂ = mean −log σ( (β/λ) [log π(y_w)/π₁(y_w) − log π(y_l)/π₁(y_l)] )``
+
+    i.e. DPO with ``π_ref = π₁`` and coefficient β/λ (pass ``beta = β/λ``). The order of the two
+    steps can be swapped (safety first), which the paper also studies.
+    """
+    return dpo_loss(policy_logp_w, policy_logp_l, stage_ref_logp_w, stage_ref_logp_l, beta)
+
+
+def merge_weights(
+    state_a: dict[str, Tensor], state_b: dict[str, Tensor], weight: float
+) -> dict[str, Tensor]:
+    """P-SACPO linear model merging (Wachi et al., 2024, §6): ``θ = (1 − w) θ_a + w θ_b``.
+
+    ``state_a``: e.g. the helpfulness-aligned policy, ``state_b`` the policy after the safety
+    step; ``w ∈ [0, 1]`` moves along the segment between them without retraining.
+    Non-floating tensors (buffers such as integer ids) are taken from ``state_a`` unchanged.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"merge weight must be in [0, 1], got {weight}")
+    if state_a.keys() != state_b.keys():
+        missing = sorted(set(state_a) ^ set(state_b))[:5]
+        raise ValueError(f"cannot merge models with different parameters (e.g. {missing})")
+    out = {}
+    for k, a in state_a.items():
+        b = state_b[k]
+        if a.shape != b.shape:
+            raise ValueError(f"cannot merge {k}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
+        out[k] = torch.lerp(a, b.to(a.dtype), weight) if a.is_floating_point() else a.clone()
+    return out
+
+
+def lagrangian_preference(
+    reward_a: Tensor, reward_b: Tensor, cost_a: Tensor, cost_b: Tensor, lam: float | Tensor
+) -> Tensor:
+    """C-DPO's preference under the Lagrangian reward (Liu et al., 2024, "Enhancing LLM Safety via
+    Constrained Direct Preference Optimization", arXiv:2403.02475):
+
+    ``r_λ(x, y) = r(x, y) − λ c(x, y)``;  ``a ≻ b  ⇔  r_λ(a) > r_λ(b)`` (ties go to a).
+
+    ``r``, ``c`` are the trained reward and cost models' scores of both responses. Returns
+    ``chosen_is_a`` (B,) bool; the DPO step then uses :func:`dpo_loss` on the relabelled pairs.
+    """
+    if isinstance(lam, Tensor):
+        lam = lam.detach()
+    ra = reward_a.float() - lam * cost_a.float()
+    rb = reward_b.float() - lam * cost_b.float()
+    return ra >= rb
+
+
+def c_dpo_loss(
+    policy_logp_a: Tensor,
+    policy_logp_b: Tensor,
+    ref_logp_a: Tensor,
+    ref_logp_b: Tensor,
+    reward_a: Tensor,
+    reward_b: Tensor,
+    cost_a: Tensor,
+    cost_b: Tensor,
+    lam: float | Tensor,
+    beta: float = 0.1,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Primal step of C-DPO (Liu et al., 2024): DPO on the pairs relabelled by ``r − λ c``.
+
+    With ``(y_w, y_l)`` ordered by :func:`lagrangian_preference`,
+
+    ``L(θ; λ) = mean −log σ( β log[π(y_w)/π_ref(y_w)] − β log[π(y_l)/π_ref(y_l)] )``.
+
+    The dual step is outside the loss: ``λ ← [λ + η (Ĵ_C(π_θ) − d)]₊`` with Ĵ_C measured on samples
+    of the current policy (:class:`saferlhf.lagrange.LagrangeMultiplier`). Metrics as
+    :func:`dpo_loss` plus ``flipped`` = the share of pairs whose λ-preference differs from the
+    reward-only one.
+    """
+    a_wins = lagrangian_preference(reward_a, reward_b, cost_a, cost_b, lam)
+    pw = torch.where(a_wins, policy_logp_a, policy_logp_b)
+    pl = torch.where(a_wins, policy_logp_b, policy_logp_a)
+    rw = torch.where(a_wins, ref_logp_a, ref_logp_b)
+    rl = torch.where(a_wins, ref_logp_b, ref_logp_a)
+    loss, metrics = dpo_loss(pw, pl, rw, rl, beta)
+    metrics["flipped"] = (a_wins != (reward_a.float() >= reward_b.float())).float().mean()
     return loss, metrics

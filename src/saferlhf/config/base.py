@@ -244,6 +244,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
                 continue
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{prefix}{key}' expects a mapping of {tp.__name__} keys")
+            factory = by_name[key].default_factory
+            if factory is not MISSING:  # a section's own defaults (e.g. DPO's multiplier) under the given keys
+                value = {**dataclasses.asdict(factory()), **value}
             kwargs[key] = from_dict(tp, value, prefix=f"{prefix}{key}.")
         else:
             kwargs[key] = coerce(prefix + key, value, tp)
@@ -365,18 +368,22 @@ def parse_args(cls: type[T], argv: list[str]) -> T:
     return from_dict(cls, data)
 
 
-def help_text(cls, prefix: str = "", top=None) -> list[tuple[str, str, str]]:
+def help_text(cls, prefix: str = "", top=None, defaults=None) -> list[tuple[str, str, str]]:
     """Rows of (flag, type/choices, default + help) for every key, nested included; a key's
-    aliases are listed beside its flag."""
+    aliases are listed beside its flag. ``defaults``: the instance a nested section's defaults
+    come from (its field's default factory)."""
     top = top or cls
     rows = []
     hints = _type_hints(cls)
     for f in fields(cls):
         tp = hints[f.name]
         if is_dataclass(tp):
-            rows.extend(help_text(tp, f"{prefix}{f.name}.", top))
+            section = f.default_factory() if f.default_factory is not MISSING else None
+            rows.extend(help_text(tp, f"{prefix}{f.name}.", top, section))
             continue
-        if f.default is not MISSING:
+        if defaults is not None:
+            default = repr(getattr(defaults, f.name))
+        elif f.default is not MISSING:
             default = repr(f.default)
         elif f.default_factory is not MISSING:
             default = repr(f.default_factory())

@@ -579,3 +579,74 @@ class EvalArenaConfig(PromptSourceOptions, SamplingOptions, ScoringOptions):
                 and self.judge is None):
             raise ConfigError("eval arena needs something to compare with: --reward-model, --cost-model, "
                               "--guard and/or --judge")
+
+
+@dataclass(kw_only=True)
+class DPOConfig(TrainConfig):
+    """The direct-preference family on dual-preference pairs (docs/frontier.md).
+
+    ``c_dpo``'s multiplier is the same :class:`LagrangeConfig` as PPO-Lag's (``--lagrange.*``),
+    with its own defaults (projected ascent, λ₀ 0, η 2, λ_max 20); its budget is
+    ``--budget-unsafe-rate`` or ``--budget`` (``lagrange.budget`` is not read).
+
+    Defaults were chosen by the frontier measurements in the verifiable world (tiny models,
+    noise 0.1); a pretrained backbone wants a smaller ``lr`` (~5e-7..5e-6 in full, ~5e-5 with LoRA).
+    """
+
+    ALIASES: ClassVar[dict[str, str]] = {**TrainConfig.ALIASES, "lambda_init": "lagrange.init",
+                                         "lambda_lr": "lagrange.lr", "lambda_max": "lagrange.max_lambda"}
+
+    algo: Literal["dpo", "safe_dpo", "sacpo", "c_dpo"] = option(
+        "dpo", help="dpo (one preference), safe_dpo (SafeDPO), sacpo (stepwise), c_dpo (primal-dual, r - λc)")
+    model: str = option(help="SFT policy dir (save_pretrained); also the reference unless --ref-model")
+    ref_model: str | None = option(None, help="reference policy dir (default: the SFT policy / disabled LoRA adapter)")
+    tokenizer: str | None = option(None, help="tokenizer dir (default: the model's)")
+    preference: Literal["better", "safer"] = option(
+        "better", help="dpo: which label orders a pair (better = helpfulness, safer = harmlessness)")
+    beta: float = option(0.3, help="β: the KL coefficient of the DPO objective (measured: 0.3 beat 0.1 and 1 for dpo and safe_dpo, docs/frontier.md)")
+    safe_dpo_delta: float = option(
+        0.0, help="safe_dpo: safety margin Δ >= 0 (0 = DPO on the re-ordered pairs; in the world Δ = 2 halved benign "
+                  "helpfulness for no gain in harm, docs/frontier.md)")
+    sacpo_order: Literal["helpful_first", "safe_first"] = option(
+        "helpful_first", help="sacpo: which preference the first step aligns for")
+    sacpo_safety_beta: float | None = option(
+        None, help="sacpo: β/λ of the safety step (default: --beta); the helpfulness step uses --beta")
+    sacpo_merge: float | None = option(
+        None, help="sacpo: P-SACPO weight w in [0, 1]: save (1-w)·θ_step1 + w·θ_step2 (null: θ_step2)")
+    reward_model: str | None = option(None, help="c_dpo: reward model dir")
+    cost_model: str | None = option(None, help="c_dpo: cost model dir")
+    budget_unsafe_rate: float = option(
+        0.05, help="c_dpo: budget on the share of policy samples the cost model calls unsafe (cost > 0)")
+    budget: float | None = option(
+        None, help="c_dpo: budget d on the mean cost of policy samples instead of the unsafe rate (null: use the rate)")
+    lagrange: LagrangeConfig = dataclasses.field(default_factory=lambda: LagrangeConfig(
+        init=0.0, lr=2.0, max_lambda=20.0))  # c_dpo's multiplier (measured: λ₀ 0 beat 1, docs/frontier.md)
+    lambda_every: int = option(10, help="c_dpo: optimiser steps between dual updates (each samples the policy)")
+    lambda_samples: int = option(128, help="c_dpo: prompts sampled from the current policy per dual update")
+    max_new_tokens: int = option(32, help="c_dpo: response length cap of those samples")
+    precompute_ref_logprobs: bool = option(
+        False, help="compute the reference log-probs of every pair once before training (no reference forward per step)")
+    epochs: float = option(2.0, help="passes over the pairs (per step for sacpo)")
+    batch_size: int = option(32, help="pairs per micro-batch")
+    lr: float = option(5e-4, help="peak learning rate (suits the tiny world models)")
+    max_length: int = option(128, help="maximum tokens of prompt + response")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = option("cosine", help="schedule after warm-up")
+    warmup_ratio: float = option(0.1, help="fraction of steps spent warming up linearly")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta <= 0:
+            raise ConfigError("beta must be > 0")
+        if self.safe_dpo_delta < 0:
+            raise ConfigError("safe_dpo_delta must be >= 0")
+        if self.sacpo_merge is not None and not 0.0 <= self.sacpo_merge <= 1.0:
+            raise ConfigError("sacpo_merge must be in [0, 1]")
+        if self.sacpo_merge is not None and self.algo != "sacpo":
+            raise ConfigError("--sacpo-merge applies to --algo sacpo only")
+        if not 0.0 <= self.budget_unsafe_rate <= 1.0:
+            raise ConfigError("budget_unsafe_rate must be in [0, 1]")
+        if self.lagrange.budget != 0.0:
+            raise ConfigError("dpo: give the budget as --budget-unsafe-rate or --budget (lagrange.budget is not read)")
+        self.lagrange.validate()
+        if self.lambda_every < 1 or self.lambda_samples < 1:
+            raise ConfigError("lambda_every and lambda_samples must be >= 1")
