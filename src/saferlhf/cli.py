@@ -46,6 +46,8 @@ STAGES: list[Stage] = [
           "offline accuracy / sign accuracy / AUROC / oracle agreement of a reward or cost model"),
     Stage("demo", f"{_S}:DemoConfig", "saferlhf.pipeline:run_demo_cli",
           "the whole Safe RLHF pipeline in the verifiable world, with a report (what `make demo` runs)"),
+    Stage("export", f"{_S}:ExportConfig", "saferlhf.models.export:run_export",
+          "write a reward/cost model as the backbone's standard *ForSequenceClassification (num_labels=1) + model card"),
     Stage("rl", f"{_S}:RLConfig", "saferlhf.trainers.rl:run_rl",
           "Safe RLHF: ppo | ppo_lag | reward_shaping | grpo_lag from an SFT policy"),
     Stage("budget", f"{_S}:BudgetConfig", "saferlhf.trainers.rl:run_budget",
@@ -79,6 +81,8 @@ def _print_main_help() -> None:
     for s in STAGES:
         print(f"  {s.name:<{width}}  {s.summary}")
     print("\n`saferlhf <stage> --help` lists every option of a stage with its default.")
+    print("Models and data may be local paths or hub ids (org/name[@revision]), read from the local HF\n"
+          "cache: offline by default; `saferlhf --online <stage> ...` (or HF_HUB_OFFLINE=0) allows downloads.")
 
 
 def _print_stage_help(stage: Stage, cfg_cls) -> None:
@@ -102,9 +106,13 @@ def _quiet_hf_progress() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # No hub access at run time: everything is local (see ENVIRONMENT.md).
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # Offline unless asked: hub ids resolve from the local HF cache (saferlhf.hub); `--online`
+    # (anywhere on the line) or an explicit HF_HUB_OFFLINE=0 lets downloads through.
+    from saferlhf.hub import ONLINE_FLAG, set_online
+
+    online = ONLINE_FLAG in argv
+    argv = [a for a in argv if a != ONLINE_FLAG]
+    set_online(online)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in {"-h", "--help", "help"}:
         _print_main_help()
@@ -126,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saferlhf {stage.name}: {e}", file=sys.stderr)
         return 2
     _quiet_hf_progress()
+    try:
+        from saferlhf.hub import resolve_config_models
+
+        resolve_config_models(cfg)
+    except FileNotFoundError as e:
+        print(f"saferlhf {stage.name}: {e}", file=sys.stderr)
+        return 2
     runner: Callable = stage.load(stage.runner)
     from saferlhf.data.multimodal import ImageLoadError
     from saferlhf.data.validation import DataError

@@ -26,7 +26,8 @@ class Template:
 
     kind: ``"chat"`` (the tokenizer's ``apply_chat_template``) or ``"plain"`` (``fmt``).
     response_prefix: text put before the response when it is tokenised on its own (a space
-    for the plain template, so BPE sees `` word`` as it would in running text).
+    for the plain template, so BPE sees `` word`` as it would in running text; nothing for a
+    chat template, which already ends its generation prompt with the separator it wants).
     """
 
     kind: str = "plain"
@@ -60,7 +61,9 @@ class Template:
 def template_for(tokenizer) -> Template:
     """The chat template when the tokenizer has one, the documented fallback otherwise."""
     if getattr(tokenizer, "chat_template", None):
-        return Template(kind="chat", fmt="", response_prefix=" ")
+        # The chat template puts the assistant's text right after the generation prompt
+        # (``<|im_start|>assistant\n`` + text): no separator of ours may come between them.
+        return Template(kind="chat", fmt="", response_prefix="")
     return Template()
 
 

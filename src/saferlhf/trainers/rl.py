@@ -77,6 +77,7 @@ from saferlhf.lagrange import (
     transform_cost,
     unsafe_boundary,
 )
+from saferlhf.hub import hub_data_options
 from saferlhf.models.checkpoint import load_template, read_meta, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.policy import ReferenceModel, disable_dropout, forward_logprobs
@@ -276,14 +277,15 @@ ALGOS: dict[str, Algo] = {
 # ----------------------------------------------------------------------------- the trainer
 
 
-def _load_prompts(path: str) -> list:
-    return [r.prompt for r in _load_prompt_records(path)]
+def _load_prompts(path: str, **hub_options) -> list:
+    return [r.prompt for r in _load_prompt_records(path, **hub_options)]
 
 
-def _load_prompt_records(path: str) -> list:
+def _load_prompt_records(path: str, **hub_options) -> list:
+    """``hub_options``: split / config / revision of a hub dataset (saferlhf.hub.hub_data_options)."""
     from saferlhf.data import load_prompts
 
-    records = load_prompts(path).records
+    records = load_prompts(path, **hub_options).records
     if not records:
         raise ConfigError(f"--prompts {path}: no prompts found")
     return records
@@ -396,8 +398,9 @@ class SafeRLTrainer:
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
                                        repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
-        records = _load_prompt_records(cfg.prompts)
-        eval_records = _load_prompt_records(cfg.eval_prompts) if cfg.eval_prompts else None
+        records = _load_prompt_records(cfg.prompts, **hub_data_options(cfg))
+        eval_records = (_load_prompt_records(cfg.eval_prompts, **hub_data_options(cfg, "eval_data"))
+                        if cfg.eval_prompts else None)
         self.prompts = [r.prompt for r in records]
         self.eval_prompts = [r.prompt for r in eval_records] if eval_records else None
         # Image references of every prompt (VLM policies only; a text policy ignores images).

@@ -197,7 +197,7 @@ def _build_model(cfg: ScoreModelConfig, kind: str, tokenizer, template: Template
     normalizer = None if cfg.normalizer == "none" else cfg.normalizer
     model = ScoreModel.from_backbone(
         str(path), score_type=kind, normalizer=normalizer, momentum=cfg.momentum, do_normalize=False,
-        template=template, dtype="fp32" if cfg.precision != "bf16" else "bf16",
+        template=template, dtype="fp32" if cfg.precision != "bf16" else "bf16", score_bias=cfg.score_bias,
         lora=lora_spec(cfg), gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.freeze:
         if not isinstance(tokenizer, VLMProcessor):
@@ -210,13 +210,15 @@ def _build_model(cfg: ScoreModelConfig, kind: str, tokenizer, template: Template
 def train_score_model(cfg: ScoreModelConfig, kind: str) -> dict:
     """Train a reward (``kind='reward'``) or cost (``'cost'``) model; save it in ``cfg.out``."""
     from saferlhf.data import load_pairs
+    from saferlhf.hub import hub_data_options
 
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
     tokenizer = load_processor(cfg.tokenizer or cfg.model)
     is_vlm = isinstance(tokenizer, VLMProcessor)
     template = load_template(cfg.model, tokenizer)
-    pairs = load_pairs(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+    pairs = load_pairs(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
+                       **hub_data_options(cfg)).records
     if is_vlm:
         kept, sides, missing = orient_pairs(pairs, kind)
         train = [VLMPairExample(p, hi, set_pair_labels(EncodedPair([], []), p, hi, lo, cfg, kind))
@@ -233,7 +235,8 @@ def train_score_model(cfg: ScoreModelConfig, kind: str) -> dict:
         raise ConfigError(f"--data {cfg.data}: no pair carries the label a {kind} model learns from")
     eval_pairs = None
     if cfg.eval_data:
-        eval_pairs = load_pairs(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+        eval_pairs = load_pairs(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
+                                **hub_data_options(cfg, "eval_data")).records
     model = _build_model(cfg, kind, tokenizer, template)
     pad_id = tokenizer.pad_token_id
     cache: dict = {}

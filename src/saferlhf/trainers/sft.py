@@ -246,16 +246,19 @@ def _load_model_and_tokenizer(cfg: SFTConfig):
 def run_sft(cfg: SFTConfig) -> Path:
     """Train and save the SFT policy in ``cfg.out``; returns the folder."""
     from saferlhf.data import load_sft
+    from saferlhf.hub import hub_data_options
 
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
     model, tokenizer, template = _load_model_and_tokenizer(cfg)
-    records = load_sft(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+    records = load_sft(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
+                       **hub_data_options(cfg)).records
     if not records:
         raise ConfigError(f"--data {cfg.data}: no usable SFT records")
     eval_records = None
     if cfg.eval_data:
-        eval_records = load_sft(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+        eval_records = load_sft(cfg.eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
+                                **hub_data_options(cfg, "eval_data")).records
     meta: dict[str, Any] = {"stage": "sft"}
     if isinstance(tokenizer, VLMProcessor):  # batches collated with their images
         from saferlhf.data.multimodal import collate_vlm_sft
