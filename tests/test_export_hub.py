@@ -346,3 +346,18 @@ def test_single_turn_chat_equals_apply_chat_template():
         assert tok.decode(want[len(ids):]) == "\n"
         assert ids == want[:len(ids)] and ids[-1] == tok.eos_token_id
         assert tok.decode(ids[plen:]) == response + tok.eos_token
+
+
+def test_chat_response_prefix_read_off_the_template():
+    from saferlhf.data.templates import chat_response_prefix, encode_prompt_response, template_for
+    from saferlhf.models.tiny import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["how do i bake bread", "mix flour and water"] * 4, vocab_size=80)
+    assert chat_response_prefix(tok) == " "  # the tiny template writes "ASSISTANT: text"
+    ids, _ = encode_prompt_response(tok, template_for(tok), "how do i bake bread", "mix flour")
+    msgs = [{"role": "user", "content": "how do i bake bread"}, {"role": "assistant", "content": "mix flour"}]
+    want = tok(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert ids == want[:len(ids)] and ids[-1] == tok.eos_token_id
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}{% endfor %}" \
+                        "{% if add_generation_prompt %}<assistant>\n{% endif %}"
+    assert chat_response_prefix(tok) == ""
