@@ -285,6 +285,7 @@ def test_hub_ids_resolve_from_offline_cache(world, hf_home, tmp_path):
     snap = _hub_cache(hf_home, "model", "org/tiny-rm",
                       {f.name: f for f in rm.iterdir() if f.is_file()})
     assert resolve_model("org/tiny-rm") == str(snap)
+    assert ScoreModel.from_pretrained("org/tiny-rm").score_type == "reward"  # the API takes hub ids too
 
     ev = tmp_path / "ev"
     assert main(["eval", "score-model", "--model", "org/tiny-rm", "--data", "org/tiny-pairs",
@@ -302,6 +303,8 @@ def test_hub_ids_resolve_from_offline_cache(world, hf_home, tmp_path):
                  "--eval-data", "org/tiny-pairs", "--eval-data-split", "test", "--max-steps", "1",
                  "--batch-size", "4", "--progress", "false", "--out", str(out)]) == 0
     assert (out / "score_head.safetensors").is_file()
+    assert main(["sft", "--model", "org/tiny-policy", "--data", "org/tiny-pairs", "--data-split", "test",
+                 "--max-steps", "1", "--batch-size", "4", "--progress", "false", "--out", str(tmp_path / "sft")]) == 0
     # not cached, offline: the error names the download command and --online
     assert main(["eval", "score-model", "--model", "org/absent", "--data", "org/tiny-pairs",
                  "--data-split", "test", "--out", str(tmp_path / "ev3")]) == 2

@@ -27,7 +27,11 @@ DeepSpeed look for); ours is ``model.score_config``.
 
 Checkpoint layout (``save_pretrained``)::
 
-    config.json, model.safetensors (or shards + index)   the backbone (AutoModel-loadable)
+    config.json, model.safetensors (or shards + index)   the backbone (AutoModel-loadable; config
+                                                         architectures [SaferlhfScoreModel] and (1, 1)
+                                                         score.weight / classifier.weight guard tensors
+                                                         make AutoModelForSequenceClassification fail
+                                                         loudly: `saferlhf export` writes that format)
     score_config.json                                    ScoreConfig (type, dim, normaliser, template …)
     score_head.safetensors                               score_head.{weight,bias}, normalizer.{mean,var,count}
     adapter/                                             peft adapter (LoRA backbone saved unmerged)
@@ -39,6 +43,10 @@ LoRA: ``save_pretrained(merge_lora=False)`` (default) writes the *unmerged* base
 ``score_config.base_model_path`` (the directory the backbone came from). ``merge_lora=True``
 writes base + merged deltas: a plain checkpoint, no peft needed at load time. Neither changes
 the live model. ``from_pretrained(dir, merge_lora=True)`` merges on load.
+
+HF ``*ForSequenceClassification`` folders (``num_labels`` = score dim, with their head) load
+through ``from_pretrained`` too, and :meth:`ScoreModel.from_sequence_classification` wraps an
+in-memory one, sharing its weights (``saferlhf.models.export``; hub ids resolve from the cache).
 
 PKU's released score models (``beaver-7b-v1.0-reward``/``-cost``, ``v3.0`` …; config.json with
 ``architectures: [LlamaForScore]``, ``score_type``, ``score_dim``, ``score_bias`` (older: ``bias``),
