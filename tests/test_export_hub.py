@@ -364,3 +364,17 @@ def test_chat_response_prefix_read_off_the_template():
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}{% endfor %}" \
                         "{% if add_generation_prompt %}<assistant>\n{% endif %}"
     assert chat_response_prefix(tok) == ""
+
+
+def test_guard_folder_fails_loudly_as_sequence_classification(tmp_path, tok):
+    from transformers import AutoModelForSequenceClassification
+
+    from saferlhf.guard.model import GuardConfig, GuardModel
+    from saferlhf.models.loading import load_backbone
+
+    guard = GuardModel(load_backbone(tiny_llama(tok, seed=3)), GuardConfig(categories=["violence"]))
+    guard.save_pretrained(tmp_path / "g", tokenizer=tok)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "g", num_labels=1)
+    again = GuardModel.from_pretrained(tmp_path / "g")
+    assert again.backbone.config.architectures == ["LlamaModel"]

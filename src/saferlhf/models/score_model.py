@@ -810,9 +810,9 @@ _SEQCLS_GUARD_FILE = "saferlhf-not-seqcls.safetensors"
 NOT_SEQCLS_ARCHITECTURE = "SaferlhfScoreModel"
 
 
-def mark_not_sequence_classification(path: str) -> None:
-    """Make a saved score folder fail loudly as a sequence-classification checkpoint: guard
-    tensors in its weights and ``architectures: [SaferlhfScoreModel]`` in its config.json."""
+def mark_not_sequence_classification(path: str, architecture: str = NOT_SEQCLS_ARCHITECTURE) -> None:
+    """Make a saved score (or guard) folder fail loudly as a sequence-classification checkpoint:
+    guard tensors in its weights and ``architectures: [architecture]`` in its config.json."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -836,7 +836,7 @@ def mark_not_sequence_classification(path: str) -> None:
     cfg_path = os.path.join(path, "config.json")
     if os.path.isfile(cfg_path):
         cfg = _read_json(cfg_path)
-        cfg["architectures"] = [NOT_SEQCLS_ARCHITECTURE]
+        cfg["architectures"] = [architecture]
         with open(cfg_path, "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
 
