@@ -88,7 +88,7 @@ def cached_dataset_snapshot(repo_id: str, revision: str | None = None) -> str | 
 
     try:
         return snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
-    except Exception:
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), not a valid repo id
         return None
 
 

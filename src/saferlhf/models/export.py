@@ -120,7 +120,7 @@ def final_norm(backbone: nn.Module) -> nn.Module | None:
         if not isinstance(module, nn.Module):
             continue
         seen: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda _m, _i, o: seen.append(o))
+        handle = module.register_forward_hook(lambda _m, _i, o, seen=seen: seen.append(o))
         try:
             dev = next(backbone.parameters()).device
             with torch.no_grad():
@@ -407,10 +407,10 @@ def model_card(meta: dict[str, Any], check: dict[str, Any], info: dict[str, Any]
         "```", "",
         "In saferlhf: `ScoreModel.from_pretrained(DIR)` or `--reward-model DIR` / `--cost-model DIR`.", "",
         "## Export", "",
-        f"* score: {'normalised' if meta.get('normalized') else 'raw'}; head scale {meta['fold']['scale']:.6g}, "
-        f"constant {meta['fold']['constant']:.6g} -> {meta['fold']['constant_goes_to']}",
-        f"* check: max |logit − saferlhf score| = {check['max_abs_diff']:.3g} on {check['n_texts']} "
-        f"texts, {', '.join(check['by_padding'])} padded",
+        (f"* score: {'normalised' if meta.get('normalized') else 'raw'}; head scale {meta['fold']['scale']:.6g}, "
+         f"constant {meta['fold']['constant']:.6g} -> {meta['fold']['constant_goes_to']}"),
+        (f"* check: max |logit − saferlhf score| = {check['max_abs_diff']:.3g} on {check['n_texts']} "
+         f"texts, {', '.join(check['by_padding'])} padded"),
         f"* source: `{meta.get('source')}`", "",
     ]
     data = run.get("data") or info.get("data")

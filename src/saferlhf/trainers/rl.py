@@ -69,6 +69,7 @@ from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
 from saferlhf.data.templates import Template, encode_prompt, encode_prompt_response
 from saferlhf.errors import NonFiniteLossError
+from saferlhf.hub import hub_data_options
 from saferlhf.io import atomic_dir
 from saferlhf.lagrange import (
     LagrangeConfig,
@@ -77,7 +78,6 @@ from saferlhf.lagrange import (
     transform_cost,
     unsafe_boundary,
 )
-from saferlhf.hub import hub_data_options
 from saferlhf.models.checkpoint import load_template, read_meta, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
 from saferlhf.models.policy import ReferenceModel, disable_dropout, forward_logprobs
