@@ -378,3 +378,15 @@ def test_guard_folder_fails_loudly_as_sequence_classification(tmp_path, tok):
         AutoModelForSequenceClassification.from_pretrained(tmp_path / "g", num_labels=1)
     again = GuardModel.from_pretrained(tmp_path / "g")
     assert again.backbone.config.architectures == ["LlamaModel"]
+
+
+def test_stage_keywords_are_not_taken_for_hub_ids(hf_home):
+    from types import SimpleNamespace
+
+    from saferlhf.hub import resolve_config_models
+
+    cfg = SimpleNamespace(model="minilm", tokenizer="tiny", policy=None)
+    resolve_config_models(cfg)  # bare names not in the cache stay for the stage to interpret
+    assert cfg.model == "minilm" and cfg.tokenizer == "tiny"
+    with pytest.raises(FileNotFoundError, match="hf download org/absent"):
+        resolve_config_models(SimpleNamespace(model="org/absent"))

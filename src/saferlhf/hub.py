@@ -111,14 +111,28 @@ def hub_data_options(cfg, prefix: str = "data") -> dict[str, str | None]:
     return {"split": get("split"), "config": get("config"), "revision": get("revision")}
 
 
+# Model-field values that name a built-in model, never a hub repository.
+STAGE_KEYWORDS = frozenset({"tiny", "minilm"})
+
 MODEL_FIELDS = ("model", "policy", "reward_model", "cost_model", "tokenizer", "guard", "policy_a",
                 "policy_b")
 
 
 def resolve_config_models(cfg) -> None:
-    """Replace hub ids in a stage config's model fields by their local snapshot folders."""
+    """Replace hub ids in a stage config's model fields by their local snapshot folders.
+
+    ``org/name`` that is not a local path must resolve (else ``FileNotFoundError`` naming the
+    fix); a bare ``name`` is resolved only when the cache (or the hub, online) has it, and is
+    otherwise left to the stage, where it may be a keyword (``tiny``, ``minilm``)."""
     for key in MODEL_FIELDS:
         value = getattr(cfg, key, None)
-        if isinstance(value, str) and value != "tiny" and looks_like_hub_id(value):
+        if not (isinstance(value, str) and looks_like_hub_id(value)) or value in STAGE_KEYWORDS:
+            continue
+        if "/" in split_revision(value)[0]:
             setattr(cfg, key, resolve_model(value))
+            continue
+        try:
+            setattr(cfg, key, resolve_model(value))
+        except FileNotFoundError:
+            pass
 
