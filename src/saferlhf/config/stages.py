@@ -275,7 +275,8 @@ class ExportConfig:
     bias: Literal["auto", "exact", "drop"] = option(
         "auto", help="the head's constant (bias, normaliser shift): auto = exact where the backbone allows, "
                      "else dropped for a reward model (ranking unchanged) and an error for a cost model "
-                     "(its sign means unsafe); exact = always error; drop = drop it and record it")
+                     "(its sign means unsafe); exact = an error whenever it cannot be folded exactly; drop = fold "
+                     "it where exact, else drop it and record it")
     tolerance: float = option(1e-4, help="largest |logit - score| accepted by the check run after writing")
 
 

@@ -164,7 +164,7 @@ def _bias_decision(policy: str, offset: float, score_type: str, norm_has_bias: b
 
     if abs(offset) <= 1e-12:
         return "none"
-    if policy != "drop" and norm_has_bias:
+    if norm_has_bias:
         return "norm"
     if policy == "drop" or (policy == "auto" and score_type == "reward"):
         return "drop"
