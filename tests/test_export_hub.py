@@ -390,3 +390,17 @@ def test_stage_keywords_are_not_taken_for_hub_ids(hf_home):
     assert cfg.model == "minilm" and cfg.tokenizer == "tiny"
     with pytest.raises(FileNotFoundError, match="hf download org/absent"):
         resolve_config_models(SimpleNamespace(model="org/absent"))
+
+
+def test_bias_decision_table():
+    from saferlhf.config import ConfigError
+    from saferlhf.models.export import _bias_decision
+
+    assert _bias_decision("auto", 0.0, "cost", False) == "none"
+    assert _bias_decision("exact", 0.5, "cost", True) == "norm"
+    assert _bias_decision("drop", 0.5, "cost", True) == "norm"
+    assert _bias_decision("auto", 0.5, "reward", False) == "drop"
+    assert _bias_decision("drop", 0.5, "cost", False) == "drop"
+    for policy, kind in (("auto", "cost"), ("exact", "reward"), ("exact", "cost")):
+        with pytest.raises(ConfigError, match="--score-bias false"):
+            _bias_decision(policy, 0.5, kind, False)
