@@ -196,7 +196,8 @@ def test_pku_model_resaves_in_our_format(tmp_path):
     model = ScoreModel.from_pretrained(tmp_path / "pku").eval()
     model.save_pretrained(tmp_path / "ours")
     conf = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert conf["architectures"] == ["LlamaModel"]
+    # not a PKU *ForScore any more, and never taken for a *ForSequenceClassification (saferlhf export)
+    assert conf["architectures"] == ["SaferlhfScoreModel"]
     assert not {"score_type", "normalizer_type", "do_normalize", "mean", "var"} & set(conf)
     again = ScoreModel.from_pretrained(tmp_path / "ours").eval()
     ids, mask = _batch()

@@ -135,7 +135,7 @@ def test_broken_model_folder(world, policy, tmp_path, capsys, kind, words):
 
 def test_unknown_hub_id_and_missing_folder(world, tmp_path, capsys):
     _fails(capsys, _rm(world, "no-such-org/no-such-model", tmp_path / "a"), "no-such-org/no-such-model",
-           "offline")
+           "Hugging Face cache", "--online")
     _fails(capsys, _rm(world, tmp_path / "missing", tmp_path / "b"), "--model", "missing")
 
 

@@ -46,6 +46,8 @@ STAGES: list[Stage] = [
           "offline accuracy / sign accuracy / AUROC / oracle agreement of a reward or cost model"),
     Stage("demo", f"{_S}:DemoConfig", "saferlhf.recipes.text_demo:run_demo_cli",
           "the whole Safe RLHF pipeline in the verifiable world, with a report (what `make demo` runs)"),
+    Stage("export", f"{_S}:ExportConfig", "saferlhf.models.export:run_export",
+          "write a reward/cost model as the backbone's standard *ForSequenceClassification (num_labels=1) + model card"),
     Stage("rl", f"{_S}:RLConfig", "saferlhf.trainers.rl:run_rl",
           "Safe RLHF: ppo | ppo_lag | reward_shaping | grpo_lag from an SFT policy"),
     Stage("plan", f"{_S}:PlanConfig", "saferlhf.plan:run_plan",
@@ -89,6 +91,8 @@ def _print_main_help() -> None:
     for s in STAGES:
         print(f"  {s.name:<{width}}  {s.summary}")
     print("\n`saferlhf <stage> --help` lists every option of a stage with its default.")
+    print("Models and data may be local paths or hub ids (org/name[@revision]), read from the local HF\n"
+          "cache: offline by default; `saferlhf --online <stage> ...` (or HF_HUB_OFFLINE=0) allows downloads.")
     print("--debug (any stage): show the traceback of an error as well as its message.")
 
 
@@ -135,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, argv = debug_enabled(argv)
-    # No hub access at run time: everything is local (see ENVIRONMENT.md).
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # Offline unless asked: hub ids resolve from the local HF cache (saferlhf.hub); `--online`
+    # (anywhere on the line) or an explicit HF_HUB_OFFLINE=0 lets downloads through.
+    from saferlhf.hub import ONLINE_FLAG, set_online
+
+    online = ONLINE_FLAG in argv
+    argv = [a for a in argv if a != ONLINE_FLAG]
+    set_online(online)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in {"-h", "--help", "help"}:
         _print_main_help()
@@ -163,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return report(stage.name, e, debug=debug)
     _quiet_hf_progress()
+    try:
+        from saferlhf.hub import resolve_config_models
+
+        resolve_config_models(cfg)
+    except FileNotFoundError as e:
+        return report(stage.name, e, debug=debug)
     from saferlhf.errors import NonFiniteLossError
 
     try:

@@ -59,6 +59,12 @@ class TrainConfig:
                                          "the trainer is given train_dataset")
     out: str = option(help="output directory (a save_pretrained checkpoint + metrics.jsonl)")
     eval_data: str | None = option(None, help="held-out data evaluated every eval_every steps and at the end")
+    data_config: str | None = option(None, help="hub dataset config name of --data (e.g. alpaca-7b)")
+    data_split: str | None = option(None, help="hub dataset split of --data (needed when it has several)")
+    data_revision: str | None = option(None, help="hub dataset revision of --data (pin it in recipes)")
+    eval_data_config: str | None = option(None, help="hub dataset config of --eval-data (default: --data-config)")
+    eval_data_split: str | None = option(None, help="hub dataset split of --eval-data (e.g. test)")
+    eval_data_revision: str | None = option(None, help="hub dataset revision of --eval-data (default: --data-revision)")
     data_format: DataFormat = option("auto", help="adapter used to read --data")
     on_bad_record: BadRecordPolicy = option("skip", help="bad records: skip with a report, or error")
     max_length: int = option(128, ge=4, help="maximum tokens of prompt + response")
@@ -123,6 +129,8 @@ class ScoreModelConfig(TrainConfig):
     reg_coeff: float = option(1e-3, ge=0, help="score regulariser alpha (mean squared end score)")
     normalizer: Literal["none", "running", "ema"] = option("ema", help="score normaliser kept with the model")
     momentum: float = option(0.9, ge=0, le=1, help="EMA normaliser momentum")
+    score_bias: bool = option(True, help="give the score head a bias (false: bias-free like HF *ForSequenceClassification "
+                                         "and PKU's models, so `saferlhf export` is exact on any backbone)")
     epochs: float = option(2.0, gt=0, help="passes over the pairs")
     batch_size: int = option(32, ge=1, help="pairs per micro-batch (2 x batch_size sequences)")
     lr: float = option(1e-3, gt=0, help="peak learning rate (suits the tiny world models; ~1e-5 for a "
@@ -192,6 +200,12 @@ class RLConfig:
                                             "pairs); required unless the trainer is given train_dataset")
     out: str = option(help="output dir: metrics.jsonl, policy/, critics, checkpoints", aliases=("output_dir",))
     eval_prompts: str | None = option(None, help="held-out prompts scored every eval_every iterations")
+    data_config: str | None = option(None, help="hub dataset config name of --prompts")
+    data_split: str | None = option(None, help="hub dataset split of --prompts (needed when it has several)")
+    data_revision: str | None = option(None, help="hub dataset revision of --prompts (pin it in recipes)")
+    eval_data_config: str | None = option(None, help="hub dataset config of --eval-prompts (default: --data-config)")
+    eval_data_split: str | None = option(None, help="hub dataset split of --eval-prompts (e.g. test)")
+    eval_data_revision: str | None = option(None, help="hub dataset revision of --eval-prompts (default: --data-revision)")
     budget: float | None = option(None, help="cost budget d: the constraint is E[C] <= d (default: "
                                              "lagrange.budget, 0)")
     iterations: int = option(100, ge=1, help="rollout batches (the training budget)")
@@ -332,11 +346,30 @@ class EvalScoreModelConfig:
     data: str = option(help="preference pairs to evaluate on")
     out: str = option(help="output dir: summary.json, scores.jsonl, histogram PNG")
     tokenizer: str | None = option(None, help="tokenizer dir (default: the model's)")
+    data_config: str | None = option(None, help="hub dataset config name of --data")
+    data_split: str | None = option(None, help="hub dataset split of --data (e.g. test)")
+    data_revision: str | None = option(None, help="hub dataset revision of --data")
     data_format: DataFormat = option("auto", help="adapter used to read --data")
     on_bad_record: BadRecordPolicy = option("skip", help="bad records: skip with a report, or error")
     normalize: Literal["saved", "on", "off"] = option("saved", help="score normaliser at evaluation time")
     max_length: int = option(256, ge=4, help="maximum tokens of prompt + response")
     batch_size: int = option(64, ge=1, help="sequences per forward pass")
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """``saferlhf export``: a reward / cost model as the backbone's ``*ForSequenceClassification``."""
+
+    model: str = option(help="saferlhf score model dir (reward or cost), PKU Beaver dir, or hub id")
+    out: str = option(help="output dir: AutoModelForSequenceClassification-loadable, with tokenizer and README.md")
+    normalize: Literal["saved", "on", "off"] = option(
+        "saved", help="which score the logit reproduces: the saved setting, normalised, or raw")
+    bias: Literal["auto", "exact", "drop"] = option(
+        "auto", help="the head's constant (bias, normaliser shift): auto = exact where the backbone allows, "
+                     "else dropped for a reward model (ranking unchanged) and an error for a cost model "
+                     "(its sign means unsafe); exact = an error whenever it cannot be folded exactly; drop = fold "
+                     "it where exact, else drop it and record it")
+    tolerance: float = option(1e-4, help="largest |logit - score| accepted by the check run after writing")
 
 
 @dataclass(kw_only=True)

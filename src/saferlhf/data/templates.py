@@ -28,7 +28,8 @@ class Template:
 
     kind: ``"chat"`` (the tokenizer's ``apply_chat_template``) or ``"plain"`` (``fmt``).
     response_prefix: text put before the response when it is tokenised on its own (a space
-    for the plain template, so BPE sees `` word`` as it would in running text).
+    for the plain template, so BPE sees `` word`` as it would in running text; for a chat
+    template, whatever the template itself puts there: :func:`chat_response_prefix`).
     """
 
     kind: str = "plain"
@@ -62,8 +63,30 @@ class Template:
 def template_for(tokenizer) -> Template:
     """The chat template when the tokenizer has one, the documented fallback otherwise."""
     if getattr(tokenizer, "chat_template", None):
-        return Template(kind="chat", fmt="", response_prefix=" ")
+        return Template(kind="chat", fmt="", response_prefix=chat_response_prefix(tokenizer))
     return Template()
+
+
+_PROBE = "saferlhfprobe"
+
+
+def chat_response_prefix(tokenizer) -> str:
+    """What the tokenizer's chat template writes between the generation prompt and the
+    assistant's text: ``""`` for ``<|im_start|>assistant\n`` + text (SmolLM2, Qwen, Llama 3),
+    ``" "`` for ``ASSISTANT:`` + `` text`` (the tiny models' template). Read off the template
+    itself by rendering a probe reply, so prompt + prefix + response is exactly the text
+    ``apply_chat_template`` gives for the conversation; ``""`` when the generation prompt is
+    not a prefix of the rendered conversation (or rendering fails)."""
+    user = {"role": "user", "content": "hi"}
+    try:
+        gen = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": _PROBE}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this probe: no prefix
+        return ""
+    if not (isinstance(gen, str) and isinstance(full, str) and full.startswith(gen)):
+        return ""
+    at = full.find(_PROBE, len(gen))
+    return full[len(gen):at] if at >= 0 else ""
 
 
 def encode_prompt(tokenizer, template: Template, prompt: Prompt) -> list[int]:

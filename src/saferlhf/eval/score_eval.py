@@ -200,13 +200,16 @@ def plot_score_histogram(pairs, sa: np.ndarray, sb: np.ndarray, path: Path, *, t
 def run_eval_score_model(cfg) -> dict[str, Any]:
     """CLI runner: score ``cfg.data`` with ``cfg.model`` and write the summary and plots."""
     from saferlhf.data import load_pairs
+    from saferlhf.hub import hub_data_options
+    from saferlhf.models.checkpoint import load_template
     from saferlhf.models.score_model import ScoreModel
     from saferlhf.processing import load_processor
 
     model = ScoreModel.from_pretrained(cfg.model, normalize=None if cfg.normalize == "saved" else cfg.normalize == "on")
     tokenizer = load_processor(cfg.tokenizer or cfg.model)
-    template = model.template or Template()
-    pairs = load_pairs(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+    template = model.template or load_template(cfg.model, tokenizer)
+    pairs = load_pairs(cfg.data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
+                       **hub_data_options(cfg)).records
     if not pairs:
         raise ValueError(f"--data {cfg.data}: no usable pairs")
     sa, sb = score_pairs(model, tokenizer, template, pairs, max_length=cfg.max_length, batch_size=cfg.batch_size)

@@ -25,7 +25,9 @@ when the guard was trained without severity labels); ``categories`` = the taxono
 
 Checkpoint layout (``GuardModel.save_pretrained``)::
 
-    config.json, model.safetensors   the backbone (AutoModel-loadable)
+    config.json, model.safetensors   the backbone (AutoModel-loadable; architectures
+                                     [SaferlhfGuardModel] and (1, 1) score/classifier guard tensors
+                                     make AutoModelForSequenceClassification fail loudly)
     guard_config.json                GuardConfig (taxonomy, pooling, encoding, template, T, threshold …)
     guard_heads.safetensors          head.weight, head.bias
     tokenizer files                  (+ vlm_processor.json for an image + text guard)
@@ -52,6 +54,7 @@ from saferlhf.models.score_model import (
     _hidden_size,
     builds_own_positions,
     end_indices,
+    mark_not_sequence_classification,
     position_ids_from_mask,
 )
 
@@ -181,6 +184,7 @@ class GuardModel(nn.Module):
         self.backbone.save_pretrained(out)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   str(out / GUARD_HEADS_NAME), metadata={"format": "pt"})
+        mark_not_sequence_classification(str(out), "SaferlhfGuardModel")  # never a silent random head
         (out / GUARD_CONFIG_NAME).write_text(json.dumps(self.guard_config.to_dict(), indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
@@ -196,6 +200,7 @@ class GuardModel(nn.Module):
                                     "train one with `saferlhf guard train`")
         cfg = GuardConfig.from_dict(json.loads(cfg_path.read_text()))
         backbone = load_backbone(str(path), dtype=dtype, device=device)
+        backbone.config.architectures = [type(backbone).__name__]  # drop the save-time marker
         model = cls(backbone, cfg)
         sd = load_file(str(path / GUARD_HEADS_NAME))
         model.head.load_state_dict({k: v.to(model.head.weight) for k, v in sd.items()})

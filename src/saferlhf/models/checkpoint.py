@@ -42,8 +42,8 @@ def save_policy(model: nn.Module, tokenizer, out: str | os.PathLike, *, template
     (sharded) parameters. Writes into ``out`` (which may already hold logs) atomically:
     temporary folder, then move.
     """
-    from saferlhf.models.loading import is_peft_model, unwrap_model
     from saferlhf.io import atomic_files
+    from saferlhf.models.loading import is_peft_model, unwrap_model
 
     model = unwrap_model(model)
     out = Path(out)

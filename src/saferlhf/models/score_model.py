@@ -27,7 +27,11 @@ DeepSpeed look for); ours is ``model.score_config``.
 
 Checkpoint layout (``save_pretrained``)::
 
-    config.json, model.safetensors (or shards + index)   the backbone (AutoModel-loadable)
+    config.json, model.safetensors (or shards + index)   the backbone (AutoModel-loadable; config
+                                                         architectures [SaferlhfScoreModel] and (1, 1)
+                                                         score.weight / classifier.weight guard tensors
+                                                         make AutoModelForSequenceClassification fail
+                                                         loudly: `saferlhf export` writes that format)
     score_config.json                                    ScoreConfig (type, dim, normaliser, template …)
     score_head.safetensors                               score_head.{weight,bias}, normalizer.{mean,var,count}
     adapter/                                             peft adapter (LoRA backbone saved unmerged)
@@ -39,6 +43,10 @@ LoRA: ``save_pretrained(merge_lora=False)`` (default) writes the *unmerged* base
 ``score_config.base_model_path`` (the directory the backbone came from). ``merge_lora=True``
 writes base + merged deltas: a plain checkpoint, no peft needed at load time. Neither changes
 the live model. ``from_pretrained(dir, merge_lora=True)`` merges on load.
+
+HF ``*ForSequenceClassification`` folders (``num_labels`` = score dim, with their head) load
+through ``from_pretrained`` too, and :meth:`ScoreModel.from_sequence_classification` wraps an
+in-memory one, sharing its weights (``saferlhf.models.export``; hub ids resolve from the cache).
 
 PKU's released score models (``beaver-7b-v1.0-reward``/``-cost``, ``v3.0`` …; config.json with
 ``architectures: [LlamaForScore]``, ``score_type``, ``score_dim``, ``score_bias`` (older: ``bias``),
@@ -467,9 +475,12 @@ class ScoreModel(nn.Module):
         else:
             source = path_or_model
         if isinstance(source, (str, os.PathLike)):
-            base_path = os.path.abspath(str(source))
+            from saferlhf.hub import resolve_model
+
+            base_path = os.path.abspath(resolve_model(source))
             score_cfg_path = os.path.join(base_path, SCORE_CONFIG_NAME)
-            if os.path.isfile(score_cfg_path) or _is_pku_dir(base_path):
+            if (os.path.isfile(score_cfg_path) or _is_pku_dir(base_path)
+                    or is_sequence_classification_dir(base_path)):
                 donor = cls.from_pretrained(
                     base_path,
                     dtype=dtype,
@@ -611,6 +622,7 @@ class ScoreModel(nn.Module):
             cfg.lora = None
 
         save_file(head_sd, os.path.join(out, SCORE_HEAD_NAME), metadata={"format": "pt"})
+        mark_not_sequence_classification(out)
         with open(os.path.join(out, SCORE_CONFIG_NAME), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
         if tokenizer is not None:
@@ -639,8 +651,25 @@ class ScoreModel(nn.Module):
         stored dtype; ``"auto"`` = bf16 where the hardware has it. A LoRA checkpoint comes
         back peft-wrapped (adapters trainable when ``is_trainable``) unless ``merge_lora``.
         """
-        path = os.path.abspath(str(path))
+        from saferlhf.hub import resolve_model
+
+        path = os.path.abspath(resolve_model(path))
         if not os.path.isfile(os.path.join(path, SCORE_CONFIG_NAME)):
+            if is_sequence_classification_dir(path):
+                from .seqcls import load_sequence_classification
+
+                seq = load_sequence_classification(
+                    path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                    attn_implementation=attn_implementation)
+                meta = _read_json(os.path.join(path, _META_FILE)) if os.path.isfile(
+                    os.path.join(path, _META_FILE)) else {}
+                model = cls.from_sequence_classification(
+                    seq, score_type=meta.get("score_type") or "reward",
+                    template=template if template is not None else meta.get("template"))
+                if normalize:
+                    logger.warning("%s: a *ForSequenceClassification model has no normaliser; "
+                                   "normalize=True has no effect", path)
+                return model.retype(score_type) if score_type else model
             if _is_pku_dir(path):
                 model = load_pku_score_model(
                     path,
@@ -653,8 +682,10 @@ class ScoreModel(nn.Module):
                 )
                 return model.retype(score_type) if score_type else model
             raise FileNotFoundError(
-                f"{path} is not a score model checkpoint (no {SCORE_CONFIG_NAME}, no PKU score config); "
-                "use ScoreModel.from_backbone to start one from a language model"
+                f"{path} is not a score model checkpoint: no {SCORE_CONFIG_NAME} (saferlhf), no PKU "
+                "score config (architectures *ForScore) and no *ForSequenceClassification config with "
+                "num_labels=1; train one with `saferlhf reward-model` / `cost-model`, or start one from "
+                "a language model with ScoreModel.from_backbone"
             )
         with open(os.path.join(path, SCORE_CONFIG_NAME)) as f:
             cfg = ScoreConfig.from_dict(json.load(f))
@@ -689,6 +720,8 @@ class ScoreModel(nn.Module):
             )
         model = cls(backbone, cfg, template=template)
         model.score_config.lora = None
+        inner = model._inner_backbone()
+        inner.config.architectures = [type(inner).__name__]  # drop the save-time marker
         from safetensors.torch import load_file
 
         model.load_head_state_dict(load_file(os.path.join(path, SCORE_HEAD_NAME)))
@@ -707,6 +740,33 @@ class ScoreModel(nn.Module):
         critic = copy.deepcopy(self).retype("critic")
         critic.requires_grad_(True)
         return critic
+
+    @classmethod
+    def from_sequence_classification(
+        cls,
+        model: nn.Module,
+        *,
+        score_type: str = "reward",
+        template: Template | dict | None = None,
+    ) -> ScoreModel:
+        """Wrap an in-memory HF ``*ForSequenceClassification`` (``num_labels`` = score dim,
+        usually 1) **sharing its weights**: the backbone is its base model, the head its
+        ``score`` (or ``classifier``) linear layer; no normaliser. Scores are read at the last
+        attention-mask position (HF pools at the last token that is not ``pad_token_id``: the
+        same position unless the pad token is also the sequence's last real token, e.g. EOS)."""
+        from .seqcls import sequence_classification_head
+
+        head = sequence_classification_head(model)
+        backbone = getattr(model, model.base_model_prefix)
+        wrapped = cls(
+            backbone,
+            ScoreConfig(score_type=score_type, score_dim=head.out_features,
+                        score_bias=head.bias is not None, normalizer="none"),
+            template=template,
+        )
+        wrapped.score_head = head
+        wrapped.score_config.base_model_path = getattr(model, "name_or_path", None) or None
+        return wrapped
 
     def retype(self, score_type: str) -> ScoreModel:
         """Change the score type in place (normalise function follows; a critic gets no
@@ -737,6 +797,56 @@ def _template_from_meta(path: str) -> dict[str, Any] | None:
     if os.path.isfile(meta):
         return _read_json(meta).get("template")
     return None
+
+
+def is_sequence_classification_dir(path: str) -> bool:
+    """A HF ``*ForSequenceClassification`` folder (config ``architectures``), not ours or PKU's."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path) or os.path.isfile(os.path.join(path, SCORE_CONFIG_NAME)):
+        return False
+    archs = _read_json(cfg_path).get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+# Written into a score folder's backbone weights under the names HF sequence-classification
+# heads use, with a shape no head has: ``AutoModelForSequenceClassification.from_pretrained``
+# on the folder then stops with a size-mismatch error instead of silently initialising a
+# random head (``AutoModel`` ignores the key as unexpected). ``saferlhf export`` writes the
+# exact sequence-classification model.
+_SEQCLS_GUARD_KEYS = ("score.weight", "classifier.weight")
+_SEQCLS_GUARD_FILE = "saferlhf-not-seqcls.safetensors"
+NOT_SEQCLS_ARCHITECTURE = "SaferlhfScoreModel"
+
+
+def mark_not_sequence_classification(path: str, architecture: str = NOT_SEQCLS_ARCHITECTURE) -> None:
+    """Make a saved score (or guard) folder fail loudly as a sequence-classification checkpoint:
+    guard tensors in its weights and ``architectures: [architecture]`` in its config.json."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    guard = {k: torch.zeros(1, 1) for k in _SEQCLS_GUARD_KEYS}
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index):
+        data = _read_json(index)
+        save_file(guard, os.path.join(path, _SEQCLS_GUARD_FILE), metadata={"format": "pt"})
+        data["weight_map"].update({k: _SEQCLS_GUARD_FILE for k in guard})
+        with open(index, "w") as f:
+            json.dump(data, f, indent=2)
+    elif os.path.isfile(single):
+        with safe_open(single, framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            meta = f.metadata() or {"format": "pt"}
+        tensors.update(guard)
+        tmp = single + ".tmp"
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, single)
+    cfg_path = os.path.join(path, "config.json")
+    if os.path.isfile(cfg_path):
+        cfg = _read_json(cfg_path)
+        cfg["architectures"] = [architecture]
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
 
 
 def _is_pku_dir(path: str) -> bool:

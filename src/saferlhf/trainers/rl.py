@@ -69,6 +69,7 @@ from saferlhf import losses as L
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
 from saferlhf.errors import NonFiniteLossError
+from saferlhf.hub import hub_data_options
 from saferlhf.io import atomic_dir
 from saferlhf.lagrange import (
     LagrangeMultiplier,
@@ -199,15 +200,16 @@ ALGOS: dict[str, Algo] = {
 # ----------------------------------------------------------------------------- the trainer
 
 
-def _load_prompts(source: Any) -> list:
-    return [r.prompt for r in _load_prompt_records(source)]
+def _load_prompts(source: Any, **hub_options) -> list:
+    return [r.prompt for r in _load_prompt_records(source, **hub_options)]
 
 
-def _load_prompt_records(source: Any) -> list:
-    """Prompt records of a path / hub id, a ``datasets.Dataset`` or a list of dicts."""
+def _load_prompt_records(source: Any, **hub_options) -> list:
+    """Prompt records of a path / hub id (``hub_options``: its split / config / revision,
+    :func:`saferlhf.hub.hub_data_options`), a ``datasets.Dataset`` or a list of dicts."""
     from saferlhf.data import load_prompts
 
-    records = load_prompts(source).records
+    records = load_prompts(source, **hub_options).records
     if not records:
         raise ConfigError(f"--prompts {_describe(source)}: no prompts found")
     return records
@@ -306,8 +308,11 @@ class SafeRLTrainer:
                                        top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
                                        repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
         eval_dataset = cfg.eval_prompts if eval_dataset is None else eval_dataset
-        records = _load_prompt_records(train_dataset)
-        eval_records = _load_prompt_records(eval_dataset) if eval_dataset is not None else None
+        records = _load_prompt_records(train_dataset, **(hub_data_options(cfg) if train_dataset is cfg.prompts else {}))
+        eval_records = None
+        if eval_dataset is not None:
+            hub = hub_data_options(cfg, "eval_data") if eval_dataset is cfg.eval_prompts else {}
+            eval_records = _load_prompt_records(eval_dataset, **hub)
         self.prompts = [r.prompt for r in records]
         self.eval_prompts = [r.prompt for r in eval_records] if eval_records else None
         self.prompt_images = [list(r.images) for r in records]

@@ -176,7 +176,8 @@ def _build_model(cfg: ScoreModelConfig, kind: str, model: Any, processor, templa
         score_model = ScoreModel.from_backbone(
             str(model) if isinstance(model, (str, Path)) else model, score_type=kind, normalizer=normalizer,
             momentum=cfg.momentum, do_normalize=False, template=template,
-            dtype="fp32" if cfg.precision != "bf16" else "bf16", lora=lora_spec(cfg),
+            dtype="fp32" if cfg.precision != "bf16" else "bf16", score_bias=cfg.score_bias,
+            lora=lora_spec(cfg),
             gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.freeze:
         if processor.modality == "text":
@@ -205,6 +206,7 @@ class ScoreModelTrainer:
                  train_dataset: Any = None, eval_dataset: Any = None, kind: str | None = None,
                  accelerator=None) -> None:
         from saferlhf.data import load_pairs
+        from saferlhf.hub import hub_data_options
 
         kind = kind or ("cost" if isinstance(args, CostModelConfig) else "reward")
         if kind not in ("reward", "cost"):
@@ -227,11 +229,14 @@ class ScoreModelTrainer:
         self.template = (load_template(model, self.processor) if isinstance(model, (str, Path))
                          else self.processor.template)
         self.processor = as_processor(self.processor, self.template)  # encodes with the model's template
-        self.pairs = load_pairs(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+        hub = hub_data_options(cfg) if data is cfg.data else {}
+        self.pairs = load_pairs(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record, **hub).records
         eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
         self.eval_pairs = None
         if eval_data is not None:
-            self.eval_pairs = load_pairs(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+            hub = hub_data_options(cfg, "eval_data") if eval_data is cfg.eval_data else {}
+            self.eval_pairs = load_pairs(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
+                                         **hub).records
         self.model = _build_model(cfg, kind, model, self.processor, self.template)
         self.result = None
 

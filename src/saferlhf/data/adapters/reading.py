@@ -215,10 +215,23 @@ def _is_hf_dataset(source: Any) -> bool:
 def _open_hub(repo_id: str, *, split: str | None, config: str | None, revision: str | None) -> RawSource:
     import datasets
 
-    loaded = datasets.load_dataset(repo_id, name=config, split=split, revision=revision)
+    from saferlhf.hub import cached_dataset_snapshot, dataset_hint, is_offline
+
+    # Offline, datasets reads only its own Arrow cache; a hub snapshot (what `hf download` writes)
+    # is opened as a local dataset folder instead (same README configs and split patterns).
+    snapshot = cached_dataset_snapshot(repo_id, revision) if is_offline() else None
+    try:
+        if snapshot is not None:
+            loaded = datasets.load_dataset(snapshot, name=config, split=split)
+        else:
+            loaded = datasets.load_dataset(repo_id, name=config, split=split, revision=revision)
+    except ConnectionError as error:
+        raise DataError(dataset_hint(repo_id)) from error
+    except ValueError as error:  # an unknown split or config name
+        raise DataError(f"{repo_id}: {error} (pick one with --data-split / --data-config)") from error
     if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if len(loaded) != 1:
-            raise DataError(f"{repo_id} has splits {sorted(loaded)}; pass split=")
+            raise DataError(f"{repo_id} has splits {sorted(loaded)}; pass split= (CLI: --data-split)")
         split, loaded = next(iter(loaded.items()))
     label = f"{repo_id}[{config or 'default'}/{split}{f'@{revision}' if revision else ''}]"
     return _from_dataset(loaded, label=label)
