@@ -171,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return report(stage.name, e, debug=debug)
     _quiet_hf_progress()
-    try:
-        from saferlhf.hub import resolve_config_models
+    from saferlhf.preflight import PLANNING_STAGES
 
-        resolve_config_models(cfg)
-    except FileNotFoundError as e:
-        return report(stage.name, e, debug=debug)
+    if stage.name not in PLANNING_STAGES:  # a plan reads a recipe: its model paths need not exist here
+        try:
+            from saferlhf.hub import resolve_config_models
+
+            resolve_config_models(cfg)
+        except FileNotFoundError as e:
+            return report(stage.name, e, debug=debug)
     from saferlhf.errors import NonFiniteLossError
 
     try:

@@ -278,6 +278,47 @@ def model_memory(role: str, arch: Arch, *, params: int, trainable: int, strategy
     return m
 
 
+def _policy_memories(policy: Arch, *, lora_r: int, frozen_vision: bool, act_kw: dict, response_length: int,
+                     **kw) -> list[ModelMemory]:
+    """The policy (full or LoRA) and its reference (a frozen copy, or nothing: the disabled adapter)."""
+    n_pol = policy.lm_params()
+    if lora_r > 0:
+        t_pol = policy.lora_params(lora_r)
+        n_pol += t_pol
+    else:
+        t_pol = n_pol - (policy.vision_params if frozen_vision else 0)
+    act_pol = activation_bytes(policy, logits_response=response_length, **act_kw)
+    out = [model_memory("policy", policy, params=n_pol, trainable=t_pol, activations=act_pol,
+                        note=f"LoRA r={lora_r}" if lora_r else "full", **kw)]
+    if lora_r > 0:
+        out.append(ModelMemory("reference", policy.name, 0, 0, note="the policy with its adapter disabled"))
+    else:
+        out.append(model_memory("reference", policy, params=policy.lm_params(), trainable=0, note="frozen bf16", **kw))
+    return out
+
+
+def _critic_memories(arch: Arch, *, algo: str, critic_mode: str, lora_r: int, frozen_vision: bool, act_kw: dict,
+                     **kw) -> list[ModelMemory]:
+    """One critic per stream of the algorithm (or one shared critic with a head per stream)."""
+    streams = {"ppo": ["reward"], "ppo_lag": ["reward", "cost"], "reward_shaping": ["reward"], "grpo_lag": []}[algo]
+    if critic_mode == "shared" and len(streams) > 1:
+        streams = ["shared"]
+    out = []
+    for stream in streams:
+        heads = 2 if stream == "shared" else 1
+        n_c = arch.score_params(heads)
+        if lora_r > 0:
+            t_c = arch.lora_params(lora_r) + arch.hidden * heads + heads
+            n_c += t_c - arch.hidden * heads - heads
+        else:
+            t_c = n_c - (arch.vision_params if frozen_vision else 0)
+        act_c = activation_bytes(arch, **act_kw)
+        name = "critic (reward+cost heads)" if stream == "shared" else f"{stream} critic"
+        out.append(model_memory(name, arch, params=n_c, trainable=t_c, activations=act_c,
+                                note=f"LoRA r={lora_r}" if lora_r else "full", **kw))
+    return out
+
+
 def plan_memory(
     *,
     policy: Arch,
@@ -312,43 +353,12 @@ def plan_memory(
     fp32 = precision == "fp32"
     seq = prompt_length + response_length
     kw = dict(strategy=strategy, gpus=gpus, fp32=fp32)
-    models: list[ModelMemory] = []
+    act_kw = dict(batch=micro_batch, seq=seq, checkpointing=gradient_checkpointing)
 
-    # policy (and its reference)
-    n_pol = policy.lm_params()
-    if lora_r > 0:
-        t_pol = policy.lora_params(lora_r)
-        n_pol += t_pol
-    else:
-        t_pol = n_pol - (policy.vision_params if actor_frozen_vision else 0)
-    act_pol = activation_bytes(policy, batch=micro_batch, seq=seq, checkpointing=gradient_checkpointing,
-                               logits_response=response_length)
-    models.append(model_memory("policy", policy, params=n_pol, trainable=t_pol, activations=act_pol,
-                               note=f"LoRA r={lora_r}" if lora_r else "full", **kw))
-    if lora_r > 0:
-        models.append(ModelMemory("reference", policy.name, 0, 0, note="the policy with its adapter disabled"))
-    else:
-        models.append(model_memory("reference", policy, params=policy.lm_params(), trainable=0,
-                                   note="frozen bf16", **kw))
-
-    # critics
-    critic_streams = {"ppo": ["reward"], "ppo_lag": ["reward", "cost"], "reward_shaping": ["reward"],
-                      "grpo_lag": []}[algo]
-    c_arch = policy if critic_init == "policy" else score
-    if critic_mode == "shared" and len(critic_streams) > 1:
-        critic_streams = ["shared"]
-    for stream in critic_streams:
-        heads = 2 if stream == "shared" else 1
-        n_c = c_arch.score_params(heads)
-        if critic_lora_r > 0:
-            t_c = c_arch.lora_params(critic_lora_r) + c_arch.hidden * heads + heads
-            n_c += t_c - c_arch.hidden * heads - heads
-        else:
-            t_c = n_c - (c_arch.vision_params if critic_frozen_vision else 0)
-        act_c = activation_bytes(c_arch, batch=micro_batch, seq=seq, checkpointing=gradient_checkpointing)
-        name = "critic (reward+cost heads)" if stream == "shared" else f"{stream} critic"
-        models.append(model_memory(name, c_arch, params=n_c, trainable=t_c, activations=act_c,
-                                   note=f"LoRA r={critic_lora_r}" if critic_lora_r else "full", **kw))
+    models = _policy_memories(policy, lora_r=lora_r, frozen_vision=actor_frozen_vision, act_kw=act_kw,
+                              response_length=response_length, **kw)
+    models += _critic_memories(policy if critic_init == "policy" else score, algo=algo, critic_mode=critic_mode,
+                               lora_r=critic_lora_r, frozen_vision=critic_frozen_vision, act_kw=act_kw, **kw)
 
     # frozen scorers
     scorers = ["reward model"] + (["cost model"] if algo != "ppo" else [])

@@ -148,6 +148,44 @@ def _bias_decision(policy: str, offset: float, score_type: str, norm_has_bias: b
                       f"folded exactly: {why}. Fix: {fix}")
 
 
+def _sequence_classification_on(backbone: nn.Module, weight: torch.Tensor, tokenizer):
+    """``(model, tokenizer)``: the backbone's own ``*ForSequenceClassification`` class
+    (``num_labels`` 1) around ``backbone`` with a bias-free head of ``weight``, and a copy of the
+    tokenizer whose pad token is not EOS (HF pools at the last token that is not pad)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from saferlhf.config import ConfigError
+
+    w_fold = weight
+    config = copy.deepcopy(backbone.config)
+    try:
+        seq_cls = AutoModelForSequenceClassification._model_mapping[type(config)]
+    except KeyError:
+        raise ConfigError(f"transformers has no *ForSequenceClassification class for model_type "
+                          f"{getattr(config, 'model_type', '?')!r} (the backbone {type(backbone).__name__})") from None
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = choose_pad_token(tok)
+    config.num_labels = 1
+    config.pad_token_id = tok.pad_token_id
+    config.architectures = [seq_cls.__name__]
+    with torch.device("meta"):
+        seq = seq_cls(config)
+    prefix = seq.base_model_prefix
+    if type(getattr(seq, prefix)) is not type(backbone):
+        raise ConfigError(f"{seq_cls.__name__}.{prefix} is a {type(getattr(seq, prefix)).__name__}, the "
+                          f"score model's backbone a {type(backbone).__name__}: cannot export")
+    head_name = next(n for n in _HEAD_NAMES if isinstance(getattr(seq, n, None), nn.Linear))
+    head = nn.Linear(w_fold.shape[1], 1, bias=False, device=w_fold.device, dtype=w_fold.dtype)
+    with torch.no_grad():
+        head.weight.copy_(w_fold)
+    setattr(seq, prefix, backbone)
+    setattr(seq, head_name, head)
+    leftover = [n for n, t in [*seq.named_parameters(), *seq.named_buffers()] if t.is_meta]
+    if leftover:
+        raise ConfigError(f"export: {seq_cls.__name__} has parts the backbone does not provide: {leftover[:5]}")
+    return seq, tok
+
+
 def export_sequence_classification(
     model,
     out: str | os.PathLike,
@@ -167,7 +205,6 @@ def export_sequence_classification(
     ``AutoModelForSequenceClassification`` (no missing/unexpected/mismatched keys) and its
     logits compared with the model's scores on right- and (rotary backbones) left-padded batches.
     """
-    from transformers import AutoModelForSequenceClassification
 
     from saferlhf.config import ConfigError
     from saferlhf.io import atomic_dir
@@ -196,32 +233,7 @@ def export_sequence_classification(
                        "norm); dropped: logit = saferlhf score − %.6g (recorded in saferlhf.json and "
                        "README.md)", model.score_type, offset, offset)
 
-    config = copy.deepcopy(backbone.config)
-    try:
-        seq_cls = AutoModelForSequenceClassification._model_mapping[type(config)]
-    except KeyError:
-        raise ConfigError(f"transformers has no *ForSequenceClassification class for model_type "
-                          f"{getattr(config, 'model_type', '?')!r} (the backbone {type(backbone).__name__})") from None
-    tok = copy.deepcopy(tokenizer)
-    tok.pad_token = choose_pad_token(tok)
-    config.num_labels = 1
-    config.pad_token_id = tok.pad_token_id
-    config.architectures = [seq_cls.__name__]
-    with torch.device("meta"):
-        seq = seq_cls(config)
-    prefix = seq.base_model_prefix
-    if type(getattr(seq, prefix)) is not type(backbone):
-        raise ConfigError(f"{seq_cls.__name__}.{prefix} is a {type(getattr(seq, prefix)).__name__}, the "
-                          f"score model's backbone a {type(backbone).__name__}: cannot export")
-    head_name = next(n for n in _HEAD_NAMES if isinstance(getattr(seq, n, None), nn.Linear))
-    head = nn.Linear(w.shape[1], 1, bias=False, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        head.weight.copy_(w_fold)
-    setattr(seq, prefix, backbone)
-    setattr(seq, head_name, head)
-    leftover = [n for n, t in [*seq.named_parameters(), *seq.named_buffers()] if t.is_meta]
-    if leftover:
-        raise ConfigError(f"export: {seq_cls.__name__} has parts the backbone does not provide: {leftover[:5]}")
+    seq, tok = _sequence_classification_on(backbone, w_fold, tokenizer)
 
     meta = {
         "kind": "score_model_export",

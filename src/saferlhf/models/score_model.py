@@ -438,6 +438,28 @@ class ScoreModel(nn.Module):
 
     # --- construction -----------------------------------------------------------------
     @classmethod
+    def _backbone_at(cls, source, template, *, dtype, device, trust_remote_code: bool,
+                     attn_implementation: str | None):
+        """``(backbone, template, base_path)`` of a folder or hub id: a score model's backbone
+        (LoRA merged; ``base_path`` None then, no folder holds it as is) or a language model's
+        base model. The template defaults to the one saved there."""
+        from saferlhf.hub import resolve_model
+
+        base_path = os.path.abspath(resolve_model(source))
+        score_cfg_path = os.path.join(base_path, SCORE_CONFIG_NAME)
+        kw = {"dtype": dtype, "device": device, "trust_remote_code": trust_remote_code,
+              "attn_implementation": attn_implementation}
+        if os.path.isfile(score_cfg_path) or _is_pku_dir(base_path) or is_sequence_classification_dir(base_path):
+            donor = cls.from_pretrained(base_path, merge_lora=True, **kw)
+            if template is None:
+                template = donor.template
+            if os.path.isfile(score_cfg_path) and _read_json(score_cfg_path).get("lora"):
+                base_path = None
+            return donor.backbone, template, base_path
+        backbone = load_backbone(base_path, **kw)
+        return backbone, template if template is not None else _template_from_meta(base_path), base_path
+
+    @classmethod
     def from_backbone(
         cls,
         path_or_model: str | os.PathLike | nn.Module,
@@ -475,35 +497,9 @@ class ScoreModel(nn.Module):
         else:
             source = path_or_model
         if isinstance(source, (str, os.PathLike)):
-            from saferlhf.hub import resolve_model
-
-            base_path = os.path.abspath(resolve_model(source))
-            score_cfg_path = os.path.join(base_path, SCORE_CONFIG_NAME)
-            if (os.path.isfile(score_cfg_path) or _is_pku_dir(base_path)
-                    or is_sequence_classification_dir(base_path)):
-                donor = cls.from_pretrained(
-                    base_path,
-                    dtype=dtype,
-                    device=device,
-                    merge_lora=True,
-                    trust_remote_code=trust_remote_code,
-                    attn_implementation=attn_implementation,
-                )
-                if template is None:
-                    template = donor.template
-                if os.path.isfile(score_cfg_path) and _read_json(score_cfg_path).get("lora"):
-                    base_path = None  # merged adapter: no directory holds this backbone as is
-                backbone = donor.backbone
-            else:
-                backbone = load_backbone(
-                    base_path,
-                    dtype=dtype,
-                    device=device,
-                    trust_remote_code=trust_remote_code,
-                    attn_implementation=attn_implementation,
-                )
-                if template is None:
-                    template = _template_from_meta(base_path)
+            backbone, template, base_path = cls._backbone_at(
+                source, template, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                attn_implementation=attn_implementation)
         else:  # an instance keeps its dtype unless one is named explicitly
             inst_dtype = None if (dtype is None or str(dtype).lower() == "auto") else dtype
             backbone = load_backbone(source, dtype=inst_dtype, device=device, copy=copy)
@@ -654,52 +650,18 @@ class ScoreModel(nn.Module):
         from saferlhf.hub import resolve_model
 
         path = os.path.abspath(resolve_model(path))
+        kw = {"dtype": dtype, "device": device, "trust_remote_code": trust_remote_code,
+              "attn_implementation": attn_implementation}
         if not os.path.isfile(os.path.join(path, SCORE_CONFIG_NAME)):
-            if is_sequence_classification_dir(path):
-                from .seqcls import load_sequence_classification
-
-                seq = load_sequence_classification(
-                    path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                    attn_implementation=attn_implementation)
-                meta = _read_json(os.path.join(path, _META_FILE)) if os.path.isfile(
-                    os.path.join(path, _META_FILE)) else {}
-                model = cls.from_sequence_classification(
-                    seq, score_type=meta.get("score_type") or "reward",
-                    template=template if template is not None else meta.get("template"))
-                if normalize:
-                    logger.warning("%s: a *ForSequenceClassification model has no normaliser; "
-                                   "normalize=True has no effect", path)
-                return model.retype(score_type) if score_type else model
-            if _is_pku_dir(path):
-                model = load_pku_score_model(
-                    path,
-                    normalize=normalize,
-                    dtype=dtype,
-                    device=device,
-                    template=template,
-                    trust_remote_code=trust_remote_code,
-                    attn_implementation=attn_implementation,
-                )
-                return model.retype(score_type) if score_type else model
-            raise FileNotFoundError(
-                f"{path} is not a score model checkpoint: no {SCORE_CONFIG_NAME} (saferlhf), no PKU "
-                "score config (architectures *ForScore) and no *ForSequenceClassification config with "
-                "num_labels=1; train one with `saferlhf reward-model` / `cost-model`, or start one from "
-                "a language model with ScoreModel.from_backbone"
-            )
+            model = cls._from_foreign_layout(path, normalize=normalize, template=template, **kw)
+            return model.retype(score_type) if score_type else model
         with open(os.path.join(path, SCORE_CONFIG_NAME)) as f:
             cfg = ScoreConfig.from_dict(json.load(f))
         dtype_kw = {"dtype": "checkpoint" if dtype is None else dtype}
         lora = cfg.lora
         if lora:
             base_dir = path if lora.get("base", ".") == "." else lora["base"]
-            backbone = load_backbone(
-                base_dir,
-                device=device,
-                trust_remote_code=trust_remote_code,
-                attn_implementation=attn_implementation,
-                **dtype_kw,
-            )
+            backbone = load_backbone(base_dir, **{**kw, **dtype_kw})
             from peft import PeftModel
 
             with quiet_transformers():
@@ -711,13 +673,7 @@ class ScoreModel(nn.Module):
             if merge_lora:
                 backbone = backbone.merge_and_unload()
         else:
-            backbone = load_backbone(
-                path,
-                device=device,
-                trust_remote_code=trust_remote_code,
-                attn_implementation=attn_implementation,
-                **dtype_kw,
-            )
+            backbone = load_backbone(path, **{**kw, **dtype_kw})
         model = cls(backbone, cfg, template=template)
         model.score_config.lora = None
         inner = model._inner_backbone()
@@ -732,6 +688,35 @@ class ScoreModel(nn.Module):
         if score_type:
             model.retype(score_type)
         return model
+
+    @classmethod
+    def _from_foreign_layout(cls, path: str, *, normalize: bool | None, template, dtype, device,
+                             trust_remote_code: bool, attn_implementation: str | None) -> ScoreModel:
+        """An HF ``*ForSequenceClassification`` folder (weights shared) or PKU's Beaver layout;
+        anything else is a FileNotFoundError that names the layouts read."""
+        if is_sequence_classification_dir(path):
+            from .seqcls import load_sequence_classification
+
+            seq = load_sequence_classification(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                               attn_implementation=attn_implementation)
+            meta_path = os.path.join(path, _META_FILE)
+            meta = _read_json(meta_path) if os.path.isfile(meta_path) else {}
+            if normalize:
+                logger.warning("%s: a *ForSequenceClassification model has no normaliser; "
+                               "normalize=True has no effect", path)
+            return cls.from_sequence_classification(
+                seq, score_type=meta.get("score_type") or "reward",
+                template=template if template is not None else meta.get("template"))
+        if _is_pku_dir(path):
+            return load_pku_score_model(path, normalize=normalize, dtype=dtype, device=device, template=template,
+                                        trust_remote_code=trust_remote_code,
+                                        attn_implementation=attn_implementation)
+        raise FileNotFoundError(
+            f"{path} is not a score model checkpoint: no {SCORE_CONFIG_NAME} (saferlhf), no PKU "
+            "score config (architectures *ForScore) and no *ForSequenceClassification config with "
+            "num_labels=1; train one with `saferlhf reward-model` / `cost-model`, or start one from "
+            "a language model with ScoreModel.from_backbone"
+        )
 
     def copy_as_critic(self) -> ScoreModel:
         """A trainable copy re-typed as a critic (what RL starts a value model from)."""

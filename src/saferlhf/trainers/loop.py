@@ -53,10 +53,11 @@ def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _start_state(cfg: TrainConfig, accelerator, out: Path, name: str) -> TrainerState:
-    """A fresh state, or the last complete checkpoint's with ``--resume``; records the run's
-    config and drops metrics logged after the checkpoint."""
-    state = TrainerState()
+def start_state(cfg: TrainConfig, accelerator, out: Path, name: str, *,
+                fresh: TrainerState | None = None) -> TrainerState:
+    """A fresh state (``fresh``, default empty), or the last complete checkpoint's with
+    ``--resume``; records the run's config and drops metrics logged after the checkpoint."""
+    state = fresh if fresh is not None else TrainerState()
     if cfg.resume:
         loaded = load_training_checkpoint(accelerator, out)
         if loaded is not None:
@@ -71,7 +72,7 @@ def _start_state(cfg: TrainConfig, accelerator, out: Path, name: str) -> Trainer
     return state
 
 
-def _micro_step(accelerator, model, batch, loss_fn, optimizer, scheduler, *, params, max_grad_norm: float,
+def micro_step(accelerator, model, batch, loss_fn, optimizer, scheduler, *, params, max_grad_norm: float,
                 state: TrainerState, epoch: int) -> dict[str, float]:
     """Forward, backward and (at the end of an accumulation) the clipped optimiser step of one
     micro-batch. A non-finite loss or gradient norm stops the run before the optimiser applies it."""
@@ -127,7 +128,7 @@ def run_supervised_loop(
                                warmup_ratio=cfg.warmup_ratio)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = _start_state(cfg, accelerator, out, name)
+    state = start_state(cfg, accelerator, out, name)
     logger = MetricsLogger(out, report_to=cfg.report_to, is_main=accelerator.is_main_process,
                            run_name=name, console_every=cfg.log_every, resume=state.step > 0, config=cfg)
     stream = micro_batch_stream(n_examples, cfg.batch_size, seed=cfg.seed,
@@ -149,7 +150,7 @@ def run_supervised_loop(
             for _ in range(cfg.grad_accum):
                 epoch, indices = next(stream)
                 batch = collate(indices)
-                metrics = _micro_step(accelerator, model, batch, loss_fn, optimizer, scheduler,
+                metrics = micro_step(accelerator, model, batch, loss_fn, optimizer, scheduler,
                                       params=params, max_grad_norm=cfg.max_grad_norm, state=state, epoch=epoch)
                 acc.append(metrics)
                 state.micro_step += 1

@@ -65,22 +65,19 @@ from saferlhf.models.policy import (
 )
 from saferlhf.trainers.common import (
     MetricsLogger,
-    NonFiniteLossError,
     TrainerState,
     check_finite,
     cpu_threads,
     encode_prompt_responses,
-    load_training_checkpoint,
     make_accelerator,
     make_optimizer,
     micro_batch_stream,
     planned_steps,
     progress_bar,
-    save_run_config,
     save_training_checkpoint,
     seed_everything,
-    truncate_metrics,
 )
+from saferlhf.trainers.loop import micro_step, start_state
 
 ALGOS = ("dpo", "safe_dpo", "sacpo", "c_dpo")
 STAGE1_DIR = "sacpo_step1"  # the first SACPO step's policy: the second step's reference
@@ -218,6 +215,22 @@ def _stage_lr_lambda(stages: list[int], kind: str, warmup_ratio: float):
 
 
 # ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class _Run:
+    """What the steps of one ``DPOTrainer.train`` call share."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    state: Any
+    extra: dict
+    history: list
+    total: int
+    logger: Any = None
+    progress: Any = None
+    task: Any = None
 
 
 class DPOTrainer:
@@ -460,7 +473,6 @@ class DPOTrainer:
         stage_steps = [planned_steps(len(idx), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                                      epochs=cfg.epochs, max_steps=cfg.max_steps, world_size=acc.num_processes)[0]
                        for _, idx in plan]
-        total = sum(stage_steps)
         extra: dict[str, torch.Tensor] = {}
         if cfg.algo == "c_dpo":
             extra.update(self._score_pairs())
@@ -470,100 +482,81 @@ class DPOTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _stage_lr_lambda(stage_steps, cfg.lr_scheduler, cfg.warmup_ratio))
         model, optimizer, scheduler = acc.prepare(self.model, optimizer, scheduler)
-        state = TrainerState(extra={"stage": 0, "stage_micro": 0})
-        if cfg.resume:
-            loaded = load_training_checkpoint(acc, out)
-            if loaded is not None:
-                state = loaded
-                acc.print(f"[dpo] resumed from step {state.step}")
-                if self.lagrange is not None and "lagrange" in state.extra:
-                    self.lagrange.load_state_dict(state.extra["lagrange"])
-            else:
-                acc.print(f"[dpo] --resume: no complete checkpoint in {out}; starting fresh")
-        if acc.is_main_process:
-            save_run_config(out, cfg)
-            if state.step > 0:
-                truncate_metrics(out / "metrics.jsonl", state.step)
-        logger = MetricsLogger(out, report_to=cfg.report_to, is_main=acc.is_main_process, run_name=f"dpo-{cfg.algo}",
-                               console_every=cfg.log_every, resume=state.step > 0, config=cfg)
-        progress, task = progress_bar(total, f"dpo {cfg.algo}", enabled=cfg.progress and acc.is_main_process)
-        progress.update(task, completed=state.step)
-        params = [p for p in model.parameters() if p.requires_grad]
-        history: list[dict[str, float]] = []
-        last: dict[str, float] = {}
+        state = start_state(cfg, acc, out, "dpo", fresh=TrainerState(extra={"stage": 0, "stage_micro": 0}))
+        if self.lagrange is not None and "lagrange" in state.extra:
+            self.lagrange.load_state_dict(state.extra["lagrange"])
+        run = _Run(model, optimizer, scheduler, state, extra, history=[], total=sum(stage_steps))
+        run.logger = MetricsLogger(out, report_to=cfg.report_to, is_main=acc.is_main_process,
+                                   run_name=f"dpo-{cfg.algo}", console_every=cfg.log_every, resume=state.step > 0,
+                                   config=cfg)
+        run.progress, run.task = progress_bar(run.total, f"dpo {cfg.algo}", enabled=cfg.progress and acc.is_main_process)
+        run.progress.update(run.task, completed=state.step)
         with contextlib.ExitStack() as stack:
             stack.enter_context(cpu_threads(model, acc.device))
-            stack.callback(logger.close)
-            stack.enter_context(progress)
-            start_stage = int(state.extra.get("stage", 0))
-            for k in range(start_stage, len(plan)):
-                pref, idx = plan[k]
-                beta = cfg.beta
-                if cfg.algo == "sacpo" and pref == "safer" and cfg.sacpo_safety_beta is not None:
-                    beta = cfg.sacpo_safety_beta
-                stage_end = sum(stage_steps[:k + 1])
-                if k > 0 and cfg.algo == "sacpo":
-                    self._begin_second_step(model, optimizer, state)
-                if cfg.precompute_ref_logprobs:
-                    extra.update(self._precompute_ref(self.ref))
-                stream = micro_batch_stream(len(idx), cfg.batch_size, seed=cfg.seed + 7919 * k,
-                                            rank=acc.process_index, world_size=acc.num_processes,
-                                            start=int(state.extra.get("stage_micro", 0)))
-                model.train()
-                while state.step < stage_end:
-                    metrics_acc: list[dict[str, float]] = []
-                    for _ in range(cfg.grad_accum):
-                        _, local = next(stream)
-                        batch = self._collate([idx[i] for i in local], extra)
-                        with acc.accumulate(model):
-                            with acc.autocast():
-                                loss, m = self._loss(model, batch, pref, beta)
-                            lv = float(loss.detach())
-                            if not math.isfinite(lv):
-                                raise NonFiniteLossError(
-                                    f"step {state.step + 1}: metric 'loss' is {lv} (before the optimiser step); "
-                                    "stopping. Lower the learning rate or check the data of this step.")
-                            acc.backward(loss)
-                            if acc.sync_gradients and cfg.max_grad_norm > 0:
-                                m["grad_norm"] = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                        m["loss"] = lv
-                        metrics_acc.append(m)
-                        state.micro_step += 1
-                        state.extra["stage_micro"] = int(state.extra.get("stage_micro", 0)) + 1
-                    state.step += 1
-                    last = {key: sum(x[key] for x in metrics_acc if key in x) / len(metrics_acc)
-                            for key in metrics_acc[0]}
-                    last["lr"] = scheduler.get_last_lr()[0]
-                    last["stage"] = float(k)
-                    if self.lagrange is not None:
-                        if state.step % cfg.lambda_every == 0 or state.step == total:
-                            last.update({f"dual/{a}": b for a, b in self._dual_step(model, state.step).items()})
-                            model.train()
-                        last["lambda"] = self.lagrange.value
-                        state.extra["lagrange"] = self.lagrange.state_dict()
-                    check_finite(state.step, last)
-                    history.append(last)
-                    logger.log(state.step, last, printer=progress.console.print)
-                    progress.update(task, advance=1, info=f"loss {last['loss']:.4f}")
-                    if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total:
-                        save_training_checkpoint(acc, out, state)
+            stack.callback(run.logger.close)
+            stack.enter_context(run.progress)
+            for k in range(int(state.extra.get("stage", 0)), len(plan)):
+                self._run_stage(run, k, plan, sum(stage_steps[:k + 1]))
                 if k + 1 < len(plan):
                     state.extra["stage"] = k + 1
                     state.extra["stage_micro"] = 0
         self.model = acc.unwrap_model(model)
+        return self._finish(run, plan, stage_steps, t0)
+
+    def _run_stage(self, run: _Run, k: int, plan, stage_end: int) -> None:
+        """Optimiser steps of stage ``k`` (the one DPO step, or a SACPO step) up to ``stage_end``."""
+        cfg, acc, state = self.args, self.accelerator, run.state
+        pref, idx = plan[k]
+        beta = cfg.beta
+        if cfg.algo == "sacpo" and pref == "safer" and cfg.sacpo_safety_beta is not None:
+            beta = cfg.sacpo_safety_beta
+        if k > 0 and cfg.algo == "sacpo":
+            self._begin_second_step(run.model, run.optimizer, state)
+        if cfg.precompute_ref_logprobs:
+            run.extra.update(self._precompute_ref(self.ref))
+        stream = micro_batch_stream(len(idx), cfg.batch_size, seed=cfg.seed + 7919 * k, rank=acc.process_index,
+                                    world_size=acc.num_processes, start=int(state.extra.get("stage_micro", 0)))
+        params = [p for p in run.model.parameters() if p.requires_grad]
+        run.model.train()
+        while state.step < stage_end:
+            metrics_acc: list[dict[str, float]] = []
+            for _ in range(cfg.grad_accum):
+                epoch, local = next(stream)
+                batch = self._collate([idx[i] for i in local], run.extra)
+                metrics_acc.append(micro_step(acc, run.model, batch, lambda m, b: self._loss(m, b, pref, beta),
+                                              run.optimizer, run.scheduler, params=params,
+                                              max_grad_norm=cfg.max_grad_norm, state=state, epoch=epoch))
+                state.micro_step += 1
+                state.extra["stage_micro"] = int(state.extra.get("stage_micro", 0)) + 1
+            state.step += 1
+            last = {key: sum(x[key] for x in metrics_acc if key in x) / len(metrics_acc) for key in metrics_acc[0]}
+            last.update(lr=run.scheduler.get_last_lr()[0], stage=float(k))
+            if self.lagrange is not None:
+                if state.step % cfg.lambda_every == 0 or state.step == run.total:
+                    last.update({f"dual/{a}": b for a, b in self._dual_step(run.model, state.step).items()})
+                    run.model.train()
+                last["lambda"] = self.lagrange.value
+                state.extra["lagrange"] = self.lagrange.state_dict()
+            check_finite(state.step, last)
+            run.history.append(last)
+            run.logger.log(state.step, last, printer=run.progress.console.print)
+            run.progress.update(run.task, advance=1, info=f"loss {last['loss']:.4f}")
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < run.total:
+                save_training_checkpoint(acc, Path(cfg.out), state)
+
+    def _finish(self, run: _Run, plan, stage_steps: list[int], t0: float) -> dict[str, Any]:
+        """Held-out evaluation and the run summary (``OUT/summary.json``, written atomically)."""
+        cfg, acc, out = self.args, self.accelerator, Path(self.args.out)
         eval_metrics = self.evaluate() if self.eval_pairs else {}
         if eval_metrics:
             logger_eval = MetricsLogger(out, is_main=acc.is_main_process, resume=True)
-            logger_eval.log(state.step, {f"eval/{k}": v for k, v in eval_metrics.items()}, console=True)
+            logger_eval.log(run.state.step, {f"eval/{k}": v for k, v in eval_metrics.items()}, console=True)
             logger_eval.close()
-        first = history[0] if history else {}
         self.summary = {
-            "algo": cfg.algo, "steps": state.step, "stage_steps": stage_steps, "pairs_loaded": self.n_records,
+            "algo": cfg.algo, "steps": run.state.step, "stage_steps": stage_steps, "pairs_loaded": self.n_records,
             "pairs_used": {p: len(idx) for p, idx in plan}, "skipped": dict(self.skipped),
-            "final": last, "first": first, "eval": eval_metrics, "seconds": round(time.perf_counter() - t0, 2),
+            "final": run.history[-1] if run.history else {}, "first": run.history[0] if run.history else {},
+            "eval": eval_metrics, "seconds": round(time.perf_counter() - t0, 2),
         }
         if self.lagrange is not None:
             self.summary["lagrange"] = {"final_lambda": self.lagrange.value, "J_C": self.lagrange.constraint_estimate,
