@@ -32,7 +32,6 @@ win/tie/loss, the transition table and per-category unsafe rates; ``report.md`` 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +50,7 @@ from saferlhf.eval.prompts import (
     score_completions,
     summarize_samples,
     unsafe_flags,
+    write_outputs,
 )
 
 
@@ -192,7 +192,6 @@ def run_eval_arena(cfg) -> dict[str, Any]:
     """CLI runner of ``saferlhf eval arena``."""
     from saferlhf.eval.generate import generate_items, read_items, sampler_from_config
     from saferlhf.eval.prompt_report import write_arena_report
-    from saferlhf.io import atomic_files
 
     items = read_items(cfg)  # bad input fails before any model loads
     check_model_refs(reward_model=cfg.reward_model, cost_model=cfg.cost_model, guard=cfg.guard)
@@ -248,12 +247,7 @@ def run_eval_arena(cfg) -> dict[str, Any]:
     rows = arena_rows(items, pidx, kidx, texts_a, texts_b, trunc_a, trunc_b, sa, sb, cfg.unsafe_by, cfg.tie_margin,
                       judge_info["rows"] if judge_info else None)
     out = Path(cfg.out)
-    with atomic_files(out) as tmp:
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        write_arena_report(summary, tmp)
+    write_outputs(out, summary, rows, lambda tmp: write_arena_report(summary, tmp))
     line = [f"n={summary['n']}"]
     for dim in ("helpfulness", "harmlessness"):
         if dim in summary:

@@ -14,25 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from saferlhf.eval.report import fmt_value, metric_cell
 from saferlhf.eval.report import pyplot as _plt
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
+    return fmt_value(v, none="–")
 
 
 def _cell(block: dict[str, Any], key: str) -> str:
-    v = block.get(key)
-    ci = (block.get("ci95") or {}).get(key)
-    if isinstance(v, float) and ci and ci[0] is not None:
-        return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return _fmt(v)
+    return metric_cell(block, key, none="–")
 
 
 def _config_lines(cfg: dict[str, Any], keys: tuple[str, ...]) -> list[str]:

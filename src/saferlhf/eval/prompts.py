@@ -308,7 +308,6 @@ def run_eval_prompts(cfg) -> dict[str, Any]:
     """CLI runner of ``saferlhf eval prompts``."""
     from saferlhf.eval.generate import generate_items, read_items, sampler_from_config
     from saferlhf.eval.prompt_report import write_prompts_report
-    from saferlhf.io import atomic_files
 
     items = read_items(cfg)  # bad input fails before any model loads
     check_model_refs(reward_model=cfg.reward_model, cost_model=cfg.cost_model, guard=cfg.guard)
@@ -335,13 +334,21 @@ def run_eval_prompts(cfg) -> dict[str, Any]:
                           "total": round(time.perf_counter() - t0, 2)}
     rows = sample_rows(items, pidx, kidx, texts, trunc, scores, unsafe)
     out = Path(cfg.out)
+    write_outputs(out, summary, rows, lambda tmp: write_prompts_report(summary, scores, tmp))
+    keys = ("n", "reward_mean", "cost_mean", "unsafe_rate", "guard_unsafe_rate")
+    print("  ".join(f"{k}={summary[k]:.4g}" if isinstance(summary.get(k), float) else f"{k}={summary.get(k)}"
+                    for k in keys if k in summary) + f"  -> {out}")
+    return summary
+
+
+def write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], write_report) -> None:
+    """``out/summary.json``, ``out/samples.jsonl`` (one line per sample) and the report written by
+    ``write_report(folder)``, all moved into place together (atomically)."""
+    from saferlhf.io import atomic_files
+
     with atomic_files(out) as tmp:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        write_prompts_report(summary, scores, tmp)
-    keys = ("n", "reward_mean", "cost_mean", "unsafe_rate", "guard_unsafe_rate")
-    print("  ".join(f"{k}={summary[k]:.4g}" if isinstance(summary.get(k), float) else f"{k}={summary.get(k)}"
-                    for k in keys if k in summary) + f"  -> {out}")
-    return summary
+        write_report(tmp)

@@ -201,20 +201,28 @@ def guard_checks(guard: dict[str, Any] | None) -> list[tuple[str, bool | None, s
     ]
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, float):
+def fmt_value(v: Any, none: str = "None") -> str:
+    """A table cell: floats to 3 decimals, ``none`` for a missing value."""
+    if v is None:
+        return none
+    if isinstance(v, float) and not isinstance(v, bool):
         return f"{v:.3f}"
     return str(v)
 
 
-def _metric_cell(m: dict[str, Any], key: str) -> str:
+_fmt = fmt_value
+
+
+def metric_cell(m: dict[str, Any], key: str, none: str = "None") -> str:
+    """``value [low, high]`` when ``m["ci95"]`` has the key's interval, else the value alone."""
     v = m.get(key)
     ci = (m.get("ci95") or {}).get(key)
-    if isinstance(v, float) and ci:
+    if isinstance(v, float) and ci and ci[0] is not None:
         return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return _fmt(v)
+    return fmt_value(v, none)
+
+
+_metric_cell = metric_cell
 
 
 def write_report(report: dict[str, Any], histories: dict[str, list[dict[str, Any]]], out: Path) -> None:

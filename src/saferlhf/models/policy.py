@@ -438,35 +438,14 @@ class ReferenceModel:
             else:
                 yield self._module
 
-    def logprobs(
-        self,
-        sequences: torch.Tensor,
-        attention_mask: torch.Tensor,
-        *,
-        prompt_length: int,
-        temperature: float = 1.0,
-        return_entropy: bool = False,
-        micro_batch_size: int | None = None,
-        response_mask: torch.Tensor | None = None,
-        **model_kwargs: Any,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs (B, R), aligned exactly as :func:`forward_logprobs`."""
+    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor,
+                 **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs (B, R): :func:`forward_logprobs` with the same keyword arguments
+        (``prompt_length``, ``temperature`` …), on the reference's device."""
         with self._context() as m:
             device = next(m.parameters()).device
-            extra = {
-                k: (v.to(device) if isinstance(v, torch.Tensor) or hasattr(v, "select") else v)
-                for k, v in model_kwargs.items()
-            }
-            return forward_logprobs(
-                m,
-                sequences.to(device),
-                attention_mask.to(device),
-                prompt_length=prompt_length,
-                temperature=temperature,
-                return_entropy=return_entropy,
-                micro_batch_size=micro_batch_size,
-                response_mask=None if response_mask is None else response_mask.to(device),
-                **extra,
-            )
+            moved = {k: (v.to(device) if isinstance(v, torch.Tensor) or hasattr(v, "select") else v)
+                     for k, v in kwargs.items()}
+            return forward_logprobs(m, sequences.to(device), attention_mask.to(device), **moved)
 
     __call__ = logprobs

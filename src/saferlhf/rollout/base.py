@@ -205,6 +205,10 @@ class RolloutBatch:
             raise ValueError("prompt part is not left-padded (a 0 follows a 1 in the prompt mask)")
 
 
+def _first_given(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
 class RolloutBackend(abc.ABC):
     """Generates responses for prompts given as token ids.
 
@@ -217,6 +221,24 @@ class RolloutBackend(abc.ABC):
     tokenizer: Any = None
     decode: bool = True
     backend_name: str = "?"
+
+    def _init_common(self, model: Any, tokenizer: Any, *, sampling: SamplingParams | None, decode: bool,
+                     unwrap: Any, eos_token_id: int | Sequence[int] | None, pad_token_id: int | None,
+                     generation_config: Any = None) -> None:
+        """The attributes every backend has. Explicit token ids win, then the tokenizer's, then
+        the model's generation config; the pad id falls back to the first EOS."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingParams()
+        self.decode = decode
+        self.unwrap = unwrap
+        eos = _first_given(eos_token_id, getattr(tokenizer, "eos_token_id", None),
+                           getattr(generation_config, "eos_token_id", None))
+        if eos is None:
+            raise ValueError("no EOS token id: pass eos_token_id= or a tokenizer that has one")
+        self.eos_token_ids: list[int] = [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+        self.pad_token_id = int(_first_given(pad_token_id, getattr(tokenizer, "pad_token_id", None),
+                                             getattr(generation_config, "pad_token_id", None), self.eos_token_ids[0]))
 
     def generate(
         self,

@@ -87,10 +87,6 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _first_given(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
 class HFRolloutBackend(RolloutBackend):
     """Sample with ``model.generate`` (KV cache on by default).
 
@@ -119,24 +115,13 @@ class HFRolloutBackend(RolloutBackend):
         decode: bool = True,
         unwrap: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.sampling = sampling or SamplingParams()
         self.use_cache = use_cache
         self.batch_size = batch_size
-        self.decode = decode
-        self.unwrap = unwrap
         # A VLM processor: vision kwargs for generate, and tokens that must never be sampled.
         self.suppress_tokens: list[int] = list(getattr(tokenizer, "image_token_ids", None) or [])
-        gen_cfg = getattr(unwrap_model(model, unwrap), "generation_config", None)
-
-        # Explicit ids win, then the tokenizer's, then the model's generation config.
-        eos = _first_given(eos_token_id, getattr(tokenizer, "eos_token_id", None), getattr(gen_cfg, "eos_token_id", None))
-        if eos is None:
-            raise ValueError("no EOS token id: pass eos_token_id= or a tokenizer that has one")
-        self.eos_token_ids: list[int] = [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
-        self.pad_token_id = int(_first_given(pad_token_id, getattr(tokenizer, "pad_token_id", None),
-                                             getattr(gen_cfg, "pad_token_id", None), self.eos_token_ids[0]))
+        self._init_common(model, tokenizer, sampling=sampling, decode=decode, unwrap=unwrap,
+                          eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                          generation_config=getattr(unwrap_model(model, unwrap), "generation_config", None))
 
     # ------------------------------------------------------------------ API
     def sync_weights(self, model: Any = None) -> None:

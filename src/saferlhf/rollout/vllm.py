@@ -129,19 +129,10 @@ class VLLMRolloutBackend(RolloutBackend):
     ) -> None:
         if engine is None:
             check_vllm_available()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.sampling = sampling or SamplingParams()
-        self.unwrap = unwrap
+        self._init_common(model, tokenizer, sampling=sampling, decode=decode, unwrap=unwrap,
+                          eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         self.lora = lora
-        self.decode = decode
         self.sleep = sleep
-        eos = eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
-        if eos is None:
-            raise ValueError("no EOS token id: pass eos_token_id= or a tokenizer that has one")
-        self.eos_token_ids = [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
-        pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
-        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
         self._lora_request = None
         self._lora_version = 0
         self._lora_dir = tempfile.TemporaryDirectory(prefix="saferlhf-vllm-lora-") if lora else None
