@@ -152,7 +152,9 @@ def claim_output(stage: str, cfg: Any) -> Iterator[None]:
     from saferlhf.preflight import FILE_OUTPUT_STAGES, check_output_dir
 
     out = getattr(cfg, "out", None)
-    if not isinstance(out, str) or stage in FILE_OUTPUT_STAGES:
+    # Under a multi-process launch (accelerate/torchrun set RANK) the run is one run: its first
+    # process owns --out, the others write into it under that claim.
+    if not isinstance(out, str) or stage in FILE_OUTPUT_STAGES or int(os.environ.get("RANK", "0")) != 0:
         yield
         return
 
