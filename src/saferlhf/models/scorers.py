@@ -42,11 +42,11 @@ class FrozenScorer:
     """
 
     def __init__(self, model: ScoreModel | str | os.PathLike, policy_processor, policy_template: Template, *,
-                 normalize: bool, device: torch.device, processing_class: Any = None) -> None:
+                 normalize: bool, device: torch.device, processing_class: Any = None, dtype: Any = None) -> None:
         self.source = model  # what a critic may start from (a path, or the ScoreModel itself)
         if isinstance(model, (str, os.PathLike)):
             path = model
-            model = ScoreModel.from_pretrained(path, normalize=normalize)
+            model = ScoreModel.from_pretrained(path, normalize=normalize, dtype=dtype)
             processor = load_processor(path) if processing_class is None else as_processor(processing_class)
             template = model.template or load_template(path, processor)
         else:
@@ -147,11 +147,11 @@ def _as_scores(values: Any, n: int, device: torch.device) -> torch.Tensor:
 
 
 def make_scorer(source: Any, policy_processor, policy_template: Template, *, normalize: bool,
-                device: torch.device, processing_class: Any = None):
+                device: torch.device, processing_class: Any = None, dtype: Any = None):
     """The scorer of a reward or cost ``source`` (see the module docstring)."""
     if isinstance(source, (str, os.PathLike, ScoreModel)):
         return FrozenScorer(source, policy_processor, policy_template, normalize=normalize, device=device,
-                            processing_class=processing_class)
+                            processing_class=processing_class, dtype=dtype)
     if isinstance(source, torch.nn.Module):
         if hasattr(getattr(source, "config", None), "num_labels"):
             return SequenceClassificationScorer(source, policy_processor, device=device,

@@ -89,7 +89,7 @@ from saferlhf.models.scorers import (  # noqa: F401 - FrozenScorer, FunctionScor
 from saferlhf.models.tiny_vlm import freeze_vlm_parts
 from saferlhf.processing import as_processor, load_processor
 from saferlhf.rollout.base import RolloutBatch, SamplingParams
-from saferlhf.rollout.hf import HFRolloutBackend
+from saferlhf.rollout import make_rollout_backend
 from saferlhf.trainers.common import (
     MetricsLogger,
     TrainerState,
@@ -303,7 +303,7 @@ class SafeRLTrainer:
             reduce_fn=self.accelerator.gather if self.accelerator.num_processes > 1 else None)
         self.accelerator.register_for_checkpointing(self.lagrange)
 
-        self.backend = HFRolloutBackend(self.policy, self.processor, unwrap=self.accelerator.unwrap_model)
+        self.backend = self._make_backend(policy)
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                        top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
                                        repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
@@ -346,7 +346,8 @@ class SafeRLTrainer:
             processor = as_processor(processing_class) if processing_class is not None else load_processor(policy)
             self.template = load_template(policy, processor)
             self.policy_meta = read_meta(policy)
-            model = load_causal_lm(policy, dtype="fp32", gradient_checkpointing=cfg.gradient_checkpointing)
+            model = load_causal_lm(policy, dtype="bf16" if cfg.precision == "bf16" else "fp32",
+                                   gradient_checkpointing=cfg.gradient_checkpointing)
         else:
             if processing_class is None:
                 raise ConfigError("a policy object needs processing_class= (its tokenizer or processor)")
@@ -370,10 +371,27 @@ class SafeRLTrainer:
         disable_dropout(model)  # dropout would make the first-epoch ratio differ from 1
         return model.to(self.accelerator.device)
 
+    def _make_backend(self, policy: Any):
+        """The rollout backend of ``--backend``: HF ``generate`` on the live policy (default), or a
+        colocated vLLM engine started from the policy folder and re-synced after every update
+        (LoRA policies as adapters); log-probs always come from the training model."""
+        cfg = self.cfg
+        extra: dict[str, Any] = {}
+        if cfg.backend == "vllm":
+            if not isinstance(policy, (str, os.PathLike)):
+                raise ConfigError("--backend vllm starts its engine from the policy's folder: pass the policy as a path")
+            if self.processor.modality != "text":
+                raise ConfigError("--backend vllm samples text policies only; use --backend hf for a VLM policy")
+            extra = {"model_path": str(policy), "lora": bool(cfg.lora_r), "seed": cfg.seed}
+        return make_rollout_backend(cfg.backend, self.policy, self.processor, unwrap=self.accelerator.unwrap_model,
+                                    **extra)
+
     def _scorer(self, source: Any, batch_fn: bool, normalize: bool, device: torch.device):
         if batch_fn:
             return FunctionScorer(source, device)
-        return make_scorer(source, self.processor, self.template, normalize=normalize, device=device)
+        # Frozen scorers are only read: bf16 weights when the run is bf16 (half the memory).
+        dtype = "bf16" if self.cfg.precision == "bf16" else None
+        return make_scorer(source, self.processor, self.template, normalize=normalize, device=device, dtype=dtype)
 
     def _prepare(self, policy, critics: dict[str, ScoreModel]) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -677,6 +695,7 @@ class SafeRLTrainer:
         batch, tensors, stats = self.make_experience(it)
         t2 = time.perf_counter()
         stats.update(self.ppo_update(batch, tensors))
+        self.backend.sync_weights(self.policy)  # a separate engine samples the updated policy next
         stats["time/train"] = time.perf_counter() - t2
         stats["time/iteration"] = stats["time/generate"] + stats["time/score"] + stats["time/train"]
         self.state.step += 1
