@@ -139,6 +139,7 @@ class StepProbe:
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self.tokens: list[int] = []
         self._pending = 0
         self._params: set[int] = set()
@@ -167,6 +168,7 @@ class StepProbe:
         if id(opt) != self._opt:
             return
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         self.tokens.append(self._pending)
         self._pending = 0
 
@@ -186,9 +188,11 @@ class StepProbe:
         if n < warm + 2:
             raise RuntimeError(f"only {n} optimiser steps were seen; need at least {warm + 2}")
         dt = self.times[-1] - self.times[warm]
+        cpu = self.cpu[-1] - self.cpu[warm]
         toks = sum(self.tokens[warm + 1:])
-        return {"it_s": (n - 1 - warm) / dt, "tok_s": toks / dt, "s_per_it": dt / (n - 1 - warm),
-                "tokens_per_step": toks / (n - 1 - warm), "steps_timed": n - 1 - warm}
+        k = n - 1 - warm
+        return {"it_s": k / dt, "tok_s": toks / dt, "s_per_it": dt / k, "cpu_it_s": k / cpu, "cpu_tok_s": toks / cpu,
+                "cpu_s_per_it": cpu / k, "tokens_per_step": toks / k, "steps_timed": k}
 
 
 @contextlib.contextmanager
@@ -657,9 +661,10 @@ def measure(a: Assets, runs: dict[str, Run], reps: int, key: str, log) -> dict[s
                 r = fn(a, Path(d))
             res[name]["runs"].append(r)
             k += 1
-            log(f"  rep {rep + 1} {name:<9} {r[key]:9.2f} {key}  ({r['tokens_per_step']:.0f} tokens/step)")
+            log(f"  rep {rep + 1} {name:<9} {r[key]:9.2f} {key} (CPU time: {r['cpu_' + key]:9.2f}; "
+                f"{r['tokens_per_step']:.0f} tokens/step)")
     for name in runs:
-        for field in ("tok_s", "it_s", "s_per_it", "tokens_per_step"):
+        for field in ("tok_s", "it_s", "s_per_it", "cpu_tok_s", "cpu_it_s", "cpu_s_per_it", "tokens_per_step"):
             res[name][field] = _summary([r[field] for r in res[name]["runs"]])
     return res
 
@@ -700,7 +705,9 @@ def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=
             row = {"stage": stage, "saferlhf": sl[key]["median"], "trl": tr[key]["median"], "unit": unit,
                    "ratio": sl[key]["median"] / tr[key]["median"], "raw": raw[key]["median"],
                    "saferlhf_over_raw": sl[key]["median"] / raw[key]["median"],
-                   "trl_over_raw": tr[key]["median"] / raw[key]["median"]}
+                   "trl_over_raw": tr[key]["median"] / raw[key]["median"],
+                   "cpu_time": {n: m[n]["cpu_" + key]["median"] for n in m},
+                   "ratio_cpu_time": sl["cpu_" + key]["median"] / tr["cpu_" + key]["median"]}
             if key == "it_s":
                 row["tok_s"] = {n: m[n]["tok_s"]["median"] for n in m}
                 row["s_per_it"] = {n: m[n]["s_per_it"]["median"] for n in m}
@@ -714,6 +721,8 @@ def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=
             t0 = time.perf_counter()
             m = measure(a, {"ppo": _ppo("ppo"), "ppo_lag": _ppo("ppo_lag")}, s.reps, "s_per_it", log)
             result["ppo_lag_over_ppo"] = m["ppo_lag"]["s_per_it"]["median"] / m["ppo"]["s_per_it"]["median"]
+            result["ppo_lag_over_ppo_cpu_time"] = (m["ppo_lag"]["cpu_s_per_it"]["median"]
+                                                   / m["ppo"]["cpu_s_per_it"]["median"])
             result["ppo"] = {n: {k: v for k, v in m[n].items() if k != "runs"} for n in m}
             result["ppo"]["seconds"] = round(time.perf_counter() - t0, 1)
             log(f"[ppo] ppo_lag / ppo iteration time = {result['ppo_lag_over_ppo']:.3f}")
@@ -754,24 +763,26 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['load_average'][0]:.1f}; {r['seconds']:.0f} s in all.",
         "",
         "| stage | unit | saferlhf | TRL | saferlhf / TRL | raw fwd+bwd+AdamW | saferlhf / raw | TRL / raw "
-        "| peak RSS MiB (saferlhf / TRL) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| saferlhf / TRL in CPU time | peak RSS MiB (saferlhf / TRL) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         if row.get("skipped"):
-            lines.append(f"| {row['stage']} | {row['unit']} | — | — | — | — | — | — | skipped: {row['skipped']} |")
+            lines.append(f"| {row['stage']} | {row['unit']} | — | — | — | — | — | — | — | skipped: {row['skipped']} |")
             continue
         d = row["detail"]
         key = "tok_s" if row["unit"] == "tok/s" else "it_s"
         rng = lambda n: f"{d[n][key]['median']:.{_prec(row)}f} ({d[n][key]['min']:.{_prec(row)}f}–{d[n][key]['max']:.{_prec(row)}f})"  # noqa: E731
         lines.append(f"| {row['stage']} | {row['unit']} | {rng('saferlhf')} | {rng('trl')} | {row['ratio']:.2f} "
                      f"| {rng('raw')} | {row['saferlhf_over_raw']:.2f} | {row['trl_over_raw']:.2f} "
+                     f"| {row['ratio_cpu_time']:.2f} "
                      f"| {d['saferlhf'].get('peak_rss_mib', 0):.0f} / {d['trl'].get('peak_rss_mib', 0):.0f} |")
     if r.get("ppo_lag_over_ppo") is not None:
         p = r["ppo"]
         lines += ["", f"saferlhf PPO-Lag (separate critics) / PPO iteration time: **{r['ppo_lag_over_ppo']:.2f}** "
                       f"(PPO {p['ppo']['s_per_it']['median']:.3f} s, PPO-Lag {p['ppo_lag']['s_per_it']['median']:.3f} s "
-                      f"per iteration; rollout batch {s['ppo_batch']}, {s['new_tokens']} new tokens; goal ≤ 1.3)."]
+                      f"per iteration; rollout batch {s['ppo_batch']}, {s['new_tokens']} new tokens; goal ≤ 1.3; "
+                      f"in CPU time {r['ppo_lag_over_ppo_cpu_time']:.2f})."]
     return "\n".join(lines) + "\n"
 
 
