@@ -480,6 +480,36 @@ def _ppo(algo: str) -> Run:
     return run
 
 
+@contextlib.contextmanager
+def saferlhf_before():
+    """saferlhf as it ran before the speed work of issue 19, for a before/after in one run:
+    per-parameter AdamW (``foreach=False``) and a separate no-grad forward for the old
+    log-probs of every rollout batch."""
+    from saferlhf.trainers import common, loop, rl
+
+    def per_parameter(params, **kw):
+        opt = common.make_optimizer(params, **kw)
+        for g in opt.param_groups:
+            g["foreach"] = False
+        return opt
+
+    saved = (loop.make_optimizer, rl.make_optimizer, rl.reuses_training_logprobs)
+    loop.make_optimizer = rl.make_optimizer = per_parameter
+    rl.reuses_training_logprobs = lambda *a, **k: False
+    try:
+        yield
+    finally:
+        loop.make_optimizer, rl.make_optimizer, rl.reuses_training_logprobs = saved
+
+
+def _before(fn: Run) -> Run:
+    def run(a: Assets, out: Path) -> dict[str, float]:
+        with saferlhf_before():
+            return fn(a, out)
+
+    return run
+
+
 # ----------------------------------------------------------------------------- no-framework ceilings
 
 
@@ -672,7 +702,8 @@ def measure(a: Assets, runs: dict[str, Run], reps: int, key: str, log) -> dict[s
     return res
 
 
-def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=print) -> dict[str, Any]:
+def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=print,
+                  before: bool = False) -> dict[str, Any]:
     import trl
     import transformers
 
@@ -696,6 +727,8 @@ def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=
             if stage not in stages:
                 continue
             unit, key, runs = plan[stage]
+            if before and stage in ("sft", "reward", "grpo"):
+                runs = {**runs, "saferlhf_before": _before(runs["saferlhf"])}
             if stage == "dpo" and (reason := dpo_available()) is not None:
                 rows.append({"stage": "dpo", "saferlhf": None, "trl": None, "unit": unit, "ratio": None,
                              "skipped": reason})
@@ -711,6 +744,11 @@ def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=
                    "trl_over_raw": tr[key]["median"] / raw[key]["median"],
                    "cpu_time": {n: m[n]["cpu_" + key]["median"] for n in m},
                    "ratio_cpu_time": sl["cpu_" + key]["median"] / tr["cpu_" + key]["median"]}
+            if "saferlhf_before" in m:
+                row["saferlhf_before"] = m["saferlhf_before"][key]["median"]
+                row["ratio_before"] = row["saferlhf_before"] / tr[key]["median"]
+                row["speedup_over_before"] = sl[key]["median"] / row["saferlhf_before"]
+                row["speedup_over_before_cpu_time"] = sl["cpu_" + key]["median"] / m["saferlhf_before"]["cpu_" + key]["median"]
             if key == "it_s":
                 row["tok_s"] = {n: m[n]["tok_s"]["median"] for n in m}
                 row["s_per_it"] = {n: m[n]["s_per_it"]["median"] for n in m}
@@ -722,7 +760,13 @@ def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=
         if "ppo" in stages:
             log("[ppo_lag vs ppo]")
             t0 = time.perf_counter()
-            m = measure(a, {"ppo": _ppo("ppo"), "ppo_lag": _ppo("ppo_lag")}, s.reps, "s_per_it", log)
+            ppo_runs = {"ppo": _ppo("ppo"), "ppo_lag": _ppo("ppo_lag")}
+            if before:
+                ppo_runs.update(ppo_before=_before(_ppo("ppo")), ppo_lag_before=_before(_ppo("ppo_lag")))
+            m = measure(a, ppo_runs, s.reps, "s_per_it", log)
+            if before:
+                result["ppo_lag_over_ppo_before"] = (m["ppo_lag_before"]["s_per_it"]["median"]
+                                                     / m["ppo_before"]["s_per_it"]["median"])
             result["ppo_lag_over_ppo"] = m["ppo_lag"]["s_per_it"]["median"] / m["ppo"]["s_per_it"]["median"]
             result["ppo_lag_over_ppo_cpu_time"] = (m["ppo_lag"]["cpu_s_per_it"]["median"]
                                                    / m["ppo"]["cpu_s_per_it"]["median"])
@@ -781,12 +825,24 @@ def markdown(r: dict[str, Any]) -> str:
                      f"| {rng('raw')} | {row['saferlhf_over_raw']:.2f} | {row['trl_over_raw']:.2f} "
                      f"| {row['ratio_cpu_time']:.2f} "
                      f"| {d['saferlhf'].get('peak_rss_mib', 0):.0f} / {d['trl'].get('peak_rss_mib', 0):.0f} |")
+    before = [row for row in r["rows"] if "saferlhf_before" in row]
+    if before:
+        lines += ["", "Before / after this issue's speed work (the same run, alternating):", "",
+                  "| stage | unit | saferlhf before | saferlhf now | speed-up | speed-up in CPU time "
+                  "| before / TRL | now / TRL |", "|---|---|---|---|---|---|---|---|"]
+        for row in before:
+            p_ = _prec(row)
+            lines.append(f"| {row['stage']} | {row['unit']} | {row['saferlhf_before']:.{p_}f} | {row['saferlhf']:.{p_}f} "
+                         f"| {row['speedup_over_before']:.3f} | {row['speedup_over_before_cpu_time']:.3f} "
+                         f"| {row['ratio_before']:.2f} | {row['ratio']:.2f} |")
     if r.get("ppo_lag_over_ppo") is not None:
         p = r["ppo"]
         lines += ["", f"saferlhf PPO-Lag (separate critics) / PPO iteration time: **{r['ppo_lag_over_ppo']:.2f}** "
                       f"(PPO {p['ppo']['s_per_it']['median']:.3f} s, PPO-Lag {p['ppo_lag']['s_per_it']['median']:.3f} s "
                       f"per iteration; rollout batch {s['ppo_batch']}, {s['new_tokens']} new tokens; goal ≤ 1.3; "
                       f"in CPU time {r['ppo_lag_over_ppo_cpu_time']:.2f})."]
+        if "ppo_lag_over_ppo_before" in r:
+            lines.append(f"Before this issue's changes: {r['ppo_lag_over_ppo_before']:.2f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -799,6 +855,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="runs/bench", help="folder for vs_trl.json and vs_trl.md")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one timed step per row (the smoke test)")
+    ap.add_argument("--before", action="store_true",
+                    help="also run saferlhf as it was before issue 19's speed work (per-parameter AdamW, a "
+                         "separate old-log-prob forward), alternating with the rest: a before/after in one run")
     for f in dataclasses.fields(Settings):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     args = ap.parse_args(argv)
@@ -812,7 +871,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(stages) - set(STAGES)
     if unknown:
         ap.error(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
-    return run_benchmark(s, Path(args.out), stages, log=lambda m: print(m, flush=True))
+    return run_benchmark(s, Path(args.out), stages, log=lambda m: print(m, flush=True), before=args.before)
 
 
 if __name__ == "__main__":
