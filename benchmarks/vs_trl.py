@@ -216,17 +216,17 @@ class Settings:
     lr: float = 1e-3
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    steps: int = 12  # optimiser steps per supervised run
+    steps: int = 16  # optimiser steps per supervised run
     warm_steps: int = 2  # of which the first ones are not timed
     rl_prompts: int = 8
     group: int = 4
     new_tokens: int = 32
-    rl_iters: int = 5
+    rl_iters: int = 6
     rl_warm: int = 1
     rl_lr: float = 1e-5
     beta: float = 0.1
     ppo_batch: int = 16
-    reps: int = 3
+    reps: int = 5
     threads: int = 1
     world_seed: int = 0
 
