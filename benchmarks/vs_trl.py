@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import dataclasses
 import io
@@ -704,8 +703,8 @@ def measure(a: Assets, runs: dict[str, Run], reps: int, key: str, log) -> dict[s
 
 def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=print,
                   before: bool = False) -> dict[str, Any]:
-    import trl
     import transformers
+    import trl
 
     torch.set_num_threads(s.threads)
     torch.manual_seed(0)
@@ -818,11 +817,10 @@ def markdown(r: dict[str, Any]) -> str:
         if row.get("skipped"):
             lines.append(f"| {row['stage']} | {row['unit']} | — | — | — | — | — | — | — | skipped: {row['skipped']} |")
             continue
-        d = row["detail"]
         key = "tok_s" if row["unit"] == "tok/s" else "it_s"
-        rng = lambda n: f"{d[n][key]['median']:.{_prec(row)}f} ({d[n][key]['min']:.{_prec(row)}f}–{d[n][key]['max']:.{_prec(row)}f})"  # noqa: E731
-        lines.append(f"| {row['stage']} | {row['unit']} | {rng('saferlhf')} | {rng('trl')} | {row['ratio']:.2f} "
-                     f"| {rng('raw')} | {row['saferlhf_over_raw']:.2f} | {row['trl_over_raw']:.2f} "
+        d = row["detail"]
+        lines.append(f"| {row['stage']} | {row['unit']} | {_rng(d, 'saferlhf', key, row)} | {_rng(d, 'trl', key, row)} "
+                     f"| {row['ratio']:.2f} | {_rng(d, 'raw', key, row)} | {row['saferlhf_over_raw']:.2f} | {row['trl_over_raw']:.2f} "
                      f"| {row['ratio_cpu_time']:.2f} "
                      f"| {d['saferlhf'].get('peak_rss_mib', 0):.0f} / {d['trl'].get('peak_rss_mib', 0):.0f} |")
     before = [row for row in r["rows"] if "saferlhf_before" in row]
@@ -844,6 +842,12 @@ def markdown(r: dict[str, Any]) -> str:
         if "ppo_lag_over_ppo_before" in r:
             lines.append(f"Before this issue's changes: {r['ppo_lag_over_ppo_before']:.2f}.")
     return "\n".join(lines) + "\n"
+
+
+def _rng(detail: dict[str, Any], name: str, key: str, row: dict[str, Any]) -> str:
+    """``median (min–max)`` of one framework's runs."""
+    v, p = detail[name][key], _prec(row)
+    return f"{v['median']:.{p}f} ({v['min']:.{p}f}–{v['max']:.{p}f})"
 
 
 def _prec(row: dict[str, Any]) -> int:
