@@ -388,7 +388,7 @@ def dpo_available() -> str | None:
         from saferlhf.config.stages import DPOConfig  # noqa: F401
         from saferlhf.trainers.preference import DPOTrainer  # noqa: F401
     except ImportError as e:
-        return f"saferlhf has no DPOTrainer / DPOConfig yet ({e})"
+        return f"saferlhf has no DPOTrainer / DPOConfig yet ({str(e).split(' (')[0]})"
     return None
 
 
