@@ -711,7 +711,8 @@ def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=
     _silence_libraries()
     t_start, cpu_start = time.perf_counter(), time.process_time()
     rows: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"rows": rows, "ppo_lag_over_ppo": None, "threads": torch.get_num_threads()}
+    result: dict[str, Any] = {"rows": rows, "ppo_lag_over_ppo": None, "threads": torch.get_num_threads(),
+                              "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as d:
         a = Assets(Path(d), s)
         result["model"] = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "vocab": len(a.tok),
@@ -806,8 +807,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"saferlhf vs TRL {r['versions']['trl']} — Llama {s['layers']} layers / {s['hidden']} hidden / vocab "
         f"{r['model']['vocab']} ({r['model']['params_m']} M), fp32, {r['threads']} thread(s), batch {s['batch']}, "
         f"max_length {s['max_length']}; GRPO: {s['rl_prompts']} prompts × {s['group']} × {s['new_tokens']} new "
-        f"tokens; median of {s['reps']} alternating runs (min–max); load average at the end "
-        f"{r['load_average'][0]:.1f}; {r['seconds']:.0f} s in all.",
+        f"tokens; median of {s['reps']} alternating runs (min–max); 1-minute load average "
+        f"{r['load_average_start'][0]:.1f} at the start, {r['load_average'][0]:.1f} at the end (2 cores); "
+        f"{r['seconds']:.0f} s in all.",
         "",
         "| stage | unit | saferlhf | TRL | saferlhf / TRL | raw fwd+bwd+AdamW | saferlhf / raw | TRL / raw "
         "| saferlhf / TRL in CPU time | peak RSS MiB (saferlhf / TRL) |",
