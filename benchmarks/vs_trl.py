@@ -333,12 +333,18 @@ def _fields(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
 Run = Callable[[Assets, Path], dict[str, float]]
 
 
-def _train(trainer, model, warm: int) -> dict[str, float]:
+def _train(trainer, model, warm: int) -> dict[str, Any]:
     with StepProbe() as probe:
         probe.track(model)
         with quiet():
-            trainer.train()
-    return probe.throughput(warm)
+            out = trainer.train()
+    res: dict[str, Any] = probe.throughput(warm)
+    history = out.get("history") if isinstance(out, dict) else None
+    if history:  # saferlhf RL: the phases of the timed iterations (wall seconds)
+        timed = history[warm:]
+        res["phase_s"] = {k: statistics.median(h[k] for h in timed)
+                          for k in ("time/generate", "time/score", "time/train") if k in timed[0]}
+    return res
 
 
 def sft_saferlhf(a: Assets, out: Path) -> dict[str, float]:
@@ -698,6 +704,9 @@ def measure(a: Assets, runs: dict[str, Run], reps: int, key: str, log) -> dict[s
     for name in runs:
         for field in ("tok_s", "it_s", "s_per_it", "cpu_tok_s", "cpu_it_s", "cpu_s_per_it", "tokens_per_step"):
             res[name][field] = _summary([r[field] for r in res[name]["runs"]])
+        phases = [r["phase_s"] for r in res[name]["runs"] if "phase_s" in r]
+        if phases:
+            res[name]["phase_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
     return res
 
 
@@ -843,6 +852,12 @@ def markdown(r: dict[str, Any]) -> str:
                       f"in CPU time {r['ppo_lag_over_ppo_cpu_time']:.2f})."]
         if "ppo_lag_over_ppo_before" in r:
             lines.append(f"Before this issue's changes: {r['ppo_lag_over_ppo_before']:.2f}.")
+        phases = {n: p[n].get("phase_s") for n in ("ppo", "ppo_lag")}
+        if all(phases.values()):
+            lines += ["", "| phase (median s) | PPO | PPO-Lag | ratio |", "|---|---|---|---|"]
+            for k in phases["ppo"]:
+                a_, b_ = phases["ppo"][k], phases["ppo_lag"][k]
+                lines.append(f"| {k.split('/')[1]} | {a_:.3f} | {b_:.3f} | {b_ / a_:.2f} |")
     return "\n".join(lines) + "\n"
 
 
