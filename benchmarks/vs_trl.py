@@ -712,10 +712,26 @@ def measure(a: Assets, runs: dict[str, Run], reps: int, key: str, log) -> dict[s
 
 def run_benchmark(s: Settings, out: Path, stages: tuple[str, ...] = STAGES, log=print,
                   before: bool = False) -> dict[str, Any]:
+    """Run the rows of ``stages``, write ``out/vs_trl.json`` and ``out/vs_trl.md``, return the
+    result (torch's thread count and ``SAFERLHF_NUM_THREADS`` are restored afterwards)."""
+    threads, env = torch.get_num_threads(), os.environ.get("SAFERLHF_NUM_THREADS")
+    try:
+        return _run_benchmark(s, out, stages, log, before)
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("SAFERLHF_NUM_THREADS", None)
+        else:
+            os.environ["SAFERLHF_NUM_THREADS"] = env
+
+
+def _run_benchmark(s: Settings, out: Path, stages: tuple[str, ...], log, before: bool) -> dict[str, Any]:
     import transformers
     import trl
 
     torch.set_num_threads(s.threads)
+    # saferlhf's loops pick 1 thread for small CPU models on their own; hold them to the same count
+    os.environ["SAFERLHF_NUM_THREADS"] = str(s.threads)
     torch.manual_seed(0)
     _silence_libraries()
     t_start, cpu_start = time.perf_counter(), time.process_time()
