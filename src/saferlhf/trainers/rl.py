@@ -7,7 +7,8 @@
 2. score: reward R and cost C at the last real response token (re-tokenised only when a
    scorer's tokenizer or template differs from the policy's), old and reference log-probs
    and both critics' values — each exactly once per rollout batch, frozen models under
-   ``inference_mode``;
+   ``inference_mode`` (a batch used for one update takes its old log-probs from that update's
+   forward instead, where that is the same number: :func:`reuses_training_logprobs`);
 3. per-token streams with the KL split between them, GAE per stream, the advantage
    combiner of the algorithm, and one multiplier update (after this batch's costs enter the
    window, before the policy update);
@@ -130,7 +131,7 @@ class RolloutTensors:
     """Everything computed once per rollout batch (all (B, R) unless noted)."""
 
     mask: torch.Tensor
-    logp_old: torch.Tensor
+    logp_old: torch.Tensor | None  # None until the update when it reuses the training forward's
     logp_ref: torch.Tensor
     kl: torch.Tensor  # per-token KL estimate of the streams (k1 or k3), 0 outside the mask
     reward: torch.Tensor  # (B,) raw terminal reward (after the truncation penalty)
@@ -195,6 +196,23 @@ ALGOS: dict[str, Algo] = {
     "reward_shaping": Algo(combine_reward_shaping, ("reward",), learns_lambda=False, uses_cost=True),
     "grpo_lag": Algo(combine_grpo_lag, (), learns_lambda=True, uses_cost=True, kl_in_loss=True),
 }
+
+
+def reuses_training_logprobs(cfg: RLConfig, algo: Algo, batch_size: int, iteration: int) -> bool:
+    """Whether iteration ``iteration`` takes its old log-probs from the training forward
+    (detached) instead of a separate no-grad forward over the rollout batch.
+
+    Only where that is the same number: the batch is used once (one PPO epoch, one mini-batch
+    over all of it), so the policy of the first and only update is the one that sampled the
+    batch (ratio exactly 1, dropout off), and nothing before the update reads the old
+    log-probs (the KL is a loss term, not part of a reward stream: ``kl_in_loss``). With
+    several mini-batches the policy moves between them, so the rollout-time log-probs are not
+    reusable past the first. Every ``log_every``-th iteration (and the first) still runs the
+    separate forward, so ``train/ratio_first_minibatch_max_dev`` keeps checking that the two
+    agree.
+    """
+    return (algo.kl_in_loss and cfg.ppo_epochs == 1 and cfg.mini_batch_size >= batch_size
+            and iteration % max(1, cfg.log_every) != 0)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -487,11 +505,12 @@ class SafeRLTrainer:
         mask = batch.response_mask.float()
         lp_vision = self._logprob_vision(batch.sequences, batch.image_inputs)
         critic_vision = self._critic_vision(batch.sequences, batch.image_inputs)
+        reuse = reuses_training_logprobs(cfg, self.algo, len(batch), iteration)
         with torch.inference_mode():  # each frozen / old model runs once per rollout batch
             self.policy.eval()
-            logp_old = forward_logprobs(self.policy, batch.sequences, batch.attention_mask, prompt_length=P,
-                                        temperature=cfg.temperature, response_mask=batch.response_mask,
-                                        **lp_vision)
+            logp_old = None if reuse else forward_logprobs(
+                self.policy, batch.sequences, batch.attention_mask, prompt_length=P, temperature=cfg.temperature,
+                response_mask=batch.response_mask, **lp_vision)
             logp_ref = self.reference.logprobs(batch.sequences, batch.attention_mask, prompt_length=P,
                                                temperature=cfg.temperature, response_mask=batch.response_mask,
                                                **lp_vision)
@@ -502,11 +521,10 @@ class SafeRLTrainer:
                 for stream, head in self.critic_streams[cname]:
                     values[stream] = v[..., head] * mask
         # Inference tensors cannot be saved for backward: clone them into ordinary tensors.
-        logp_old, logp_ref = logp_old.clone(), logp_ref.clone()
-        k1 = L.kl_k1(logp_old, logp_ref) * mask
-        kl = k1 if cfg.kl_estimator == "k1" else L.kl_k3(logp_old, logp_ref) * mask
-        t = RolloutTensors(mask=mask, logp_old=logp_old, logp_ref=logp_ref, kl=kl, reward=reward, cost=cost,
-                           values={k: v.clone() for k, v in values.items()})
+        logp_old, logp_ref = None if reuse else logp_old.clone(), logp_ref.clone()
+        t = RolloutTensors(mask=mask, logp_old=logp_old, logp_ref=logp_ref, kl=torch.zeros_like(mask), reward=reward,
+                           cost=cost, values={k: v.clone() for k, v in values.items()})
+        kl_stats = {} if reuse else self._set_kl(t)
         timings["time/score"] = time.perf_counter() - t1
 
         # One multiplier update per rollout batch: this batch's episode costs enter the
@@ -526,8 +544,7 @@ class SafeRLTrainer:
             "reward_std": reward.std().item() if len(reward) > 1 else 0.0,
             "response_length": self._global_mean(lengths),
             "eos_rate": self._global_mean(batch.ended_with_eos.float()),
-            "kl": self._global_mean(k1.sum(-1)),
-            "kl_token": L.masked_mean(k1, mask).item(),
+            **kl_stats,
             "lambda": lam,
             "advantage_mean": L.masked_mean(adv, mask).item(),
             "advantage_std": L.masked_var(adv, mask).sqrt().item(),
@@ -554,6 +571,13 @@ class SafeRLTrainer:
             for i, (p, r) in enumerate(zip(rep_prompts[:4], texts[:4]))
         ]
         return batch, t, stats
+
+    def _set_kl(self, t: RolloutTensors) -> dict[str, float]:
+        """``t.kl`` (the streams' per-token KL) from the old and reference log-probs; returns
+        the batch's ``kl`` (per sequence) and ``kl_token`` statistics."""
+        k1 = L.kl_k1(t.logp_old, t.logp_ref) * t.mask
+        t.kl = k1 if self.cfg.kl_estimator == "k1" else L.kl_k3(t.logp_old, t.logp_ref) * t.mask
+        return {"kl": self._global_mean(k1.sum(-1)), "kl_token": L.masked_mean(k1, t.mask).item()}
 
     # ------------------------------------------------------------------ vision inputs
     def _logprob_vision(self, seq: torch.Tensor, image_inputs) -> dict[str, Any]:
@@ -641,7 +665,10 @@ class SafeRLTrainer:
                 logp, ent = forward_logprobs(self.policy, seq, am, prompt_length=P, temperature=cfg.temperature,
                                              return_entropy=True, response_mask=batch.response_mask[idx],
                                              **self._logprob_vision(seq, mb_images))
-                if epoch == 0 and start == 0:
+                if t.logp_old is None:  # the batch's one update: its forward gives the old log-probs
+                    t.logp_old = torch.empty_like(t.mask).index_copy_(0, idx, logp.detach())
+                    add(self._set_kl(t))
+                elif epoch == 0 and start == 0:
                     # Nothing has been updated yet: the ratio must be exactly 1 on every token.
                     dev = (torch.exp(logp.detach() - t.logp_old[idx]) - 1).abs() * mask
                     add({"train/ratio_first_minibatch_max_dev": dev.max().item()})
