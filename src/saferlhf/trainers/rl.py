@@ -538,13 +538,25 @@ class SafeRLTrainer:
             adv = L.masked_whiten(adv, mask)
         t.advantages = adv.detach()
 
+        stats = self._experience_stats(batch, t, lam, {**kl_stats, **timings}, lag_stats)
+        self._last_samples = [
+            {"prompt": p if isinstance(p, str) else json.dumps(p), "response": r,
+             "reward": float(reward[i]), "cost": None if cost is None else float(cost[i]),
+             "length": int(batch.response_lengths[i]), "eos": bool(batch.ended_with_eos[i])}
+            for i, (p, r) in enumerate(zip(rep_prompts[:4], texts[:4]))
+        ]
+        return batch, t, stats
+
+    def _experience_stats(self, batch: RolloutBatch, t: RolloutTensors, lam: float, extra: dict[str, float],
+                          lag_stats: dict[str, float]) -> dict[str, float]:
+        """The metrics of one rollout batch (means over every process's rollouts)."""
+        cfg, mask, reward, cost, adv = self.cfg, t.mask, t.reward, t.cost, t.advantages
         lengths = batch.response_lengths.float()
         stats: dict[str, float] = {
             "reward": self._global_mean(reward),
             "reward_std": reward.std().item() if len(reward) > 1 else 0.0,
             "response_length": self._global_mean(lengths),
             "eos_rate": self._global_mean(batch.ended_with_eos.float()),
-            **kl_stats,
             "lambda": lam,
             "advantage_mean": L.masked_mean(adv, mask).item(),
             "advantage_std": L.masked_var(adv, mask).sqrt().item(),
@@ -563,14 +575,8 @@ class SafeRLTrainer:
         for k in ("J_C", "J_C_minus_d", "at_cap", "updated"):
             if k in lag_stats:
                 stats["lambda_updated" if k == "updated" else k] = float(lag_stats[k])
-        stats.update(timings)
-        self._last_samples = [
-            {"prompt": p if isinstance(p, str) else json.dumps(p), "response": r,
-             "reward": float(reward[i]), "cost": None if cost is None else float(cost[i]),
-             "length": int(batch.response_lengths[i]), "eos": bool(batch.ended_with_eos[i])}
-            for i, (p, r) in enumerate(zip(rep_prompts[:4], texts[:4]))
-        ]
-        return batch, t, stats
+        stats.update(extra)
+        return stats
 
     def _set_kl(self, t: RolloutTensors) -> dict[str, float]:
         """``t.kl`` (the streams' per-token KL) from the old and reference log-probs; returns
