@@ -143,3 +143,24 @@ def test_safe_rl_trainer_with_a_vlm_and_an_hf_processor(tmp_path):
     assert trainer.processor.modality == "image-text"
     history = trainer.train()["history"]
     assert len(history) == 2 and all(h["time/generate"] > 0 for h in history)
+
+
+def test_a_text_processor_passes_attribute_sets_to_its_tokenizer(tmp_path):
+    """Setting a tokenizer attribute through the processor reaches the tokenizer: an export
+    through a processor whose pad token is EOS (SmolLM2's) re-pads the saved tokenizer, so HF's
+    pooling reads the score at the same token as saferlhf."""
+    from transformers import AutoModelForSequenceClassification
+
+    from saferlhf.models.export import export_sequence_classification
+    from saferlhf.models.score_model import ScoreModel
+
+    tok, policy = _text_parts()
+    tok.pad_token = tok.eos_token
+    proc = TextProcessor(tok)
+    proc.padding_side = "left"
+    assert tok.padding_side == "left" and proc.tokenizer is tok
+    model = ScoreModel.from_backbone(policy, score_type="reward", score_bias=False, seed=0)
+    report = export_sequence_classification(model, tmp_path / "rm_hf", tokenizer=proc)
+    assert report["check"]["max_abs_diff"] < 1e-4
+    seq = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm_hf")
+    assert seq.config.pad_token_id != tok.eos_token_id

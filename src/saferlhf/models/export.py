@@ -163,7 +163,7 @@ def _sequence_classification_on(backbone: nn.Module, weight: torch.Tensor, token
     except KeyError:
         raise ConfigError(f"transformers has no *ForSequenceClassification class for model_type "
                           f"{getattr(config, 'model_type', '?')!r} (the backbone {type(backbone).__name__})") from None
-    tok = copy.deepcopy(tokenizer)
+    tok = copy.deepcopy(getattr(tokenizer, "tokenizer", tokenizer))  # the HF tokenizer under a processor
     tok.pad_token = choose_pad_token(tok)
     config.num_labels = 1
     config.pad_token_id = tok.pad_token_id

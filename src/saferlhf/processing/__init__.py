@@ -124,7 +124,17 @@ class TextProcessor(TokenizerPassThrough):
         self.tokenizer = tokenizer
         self.template = template if template is not None else template_for(tokenizer)
 
-    # Tokenizer attributes pass through, so text code that reads ids takes a processor.
+    # Tokenizer attributes pass through both ways, so text code that reads ids, or sets the pad
+    # token, takes a processor (a set that stopped at the wrapper would leave the tokenizer as it
+    # was, and what is saved or read afterwards would disagree).
+    _OWN = frozenset({"tokenizer", "template"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN or name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.tokenizer, name, value)
+
     def __getattr__(self, name: str) -> Any:
         if name == "tokenizer":  # not yet set (during unpickling)
             raise AttributeError(name)
