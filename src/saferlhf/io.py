@@ -101,3 +101,9 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def describe_source(source: Any) -> str:
+    """How an error message names a model or data source: its path, or its type for an
+    in-memory object (a ``datasets.Dataset``, a model, a list of dicts)."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"

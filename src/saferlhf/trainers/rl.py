@@ -71,7 +71,7 @@ from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
 from saferlhf.errors import NonFiniteLossError
 from saferlhf.hub import hub_data_options
-from saferlhf.io import atomic_dir
+from saferlhf.io import atomic_dir, describe_source
 from saferlhf.lagrange import (
     LagrangeMultiplier,
     transform_cost,
@@ -89,8 +89,8 @@ from saferlhf.models.scorers import (  # noqa: F401 - FrozenScorer, FunctionScor
 )
 from saferlhf.models.tiny_vlm import freeze_vlm_parts
 from saferlhf.processing import as_processor, load_processor
-from saferlhf.rollout.base import RolloutBatch, SamplingParams
 from saferlhf.rollout import make_rollout_backend
+from saferlhf.rollout.base import RolloutBatch, SamplingParams
 from saferlhf.trainers.common import (
     MetricsLogger,
     TrainerState,
@@ -229,12 +229,8 @@ def _load_prompt_records(source: Any, **hub_options) -> list:
 
     records = load_prompts(source, **hub_options).records
     if not records:
-        raise ConfigError(f"--prompts {_describe(source)}: no prompts found")
+        raise ConfigError(f"--prompts {describe_source(source)}: no prompts found")
     return records
-
-
-def _describe(source: Any) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
 
 
 def _require(value: Any, flag: str, what: str) -> None:
@@ -378,7 +374,7 @@ class SafeRLTrainer:
         self.processor = processor
         if (cfg.actor_freeze or cfg.critic_freeze) and processor.modality == "text":
             raise ConfigError("actor_freeze / critic_freeze name parts of a vision-language model; "
-                              f"the policy {_describe(policy)} is a text model")
+                              f"the policy {describe_source(policy)} is a text model")
         if cfg.ptx_data and processor.modality != "text":
             raise ConfigError("the PTX loss is not available for vision-language policies yet (drop --ptx-data)")
         if cfg.lora_r:

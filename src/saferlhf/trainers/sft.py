@@ -26,6 +26,7 @@ from saferlhf.config import ConfigError
 from saferlhf.config.stages import SFTConfig
 from saferlhf.data.templates import template_for
 from saferlhf.distributed import full_state_dict_if_sharded
+from saferlhf.io import describe_source
 from saferlhf.losses import sft_loss
 from saferlhf.models.checkpoint import load_template, save_policy
 from saferlhf.models.loading import apply_lora, load_causal_lm, load_tokenizer
@@ -136,7 +137,7 @@ class SFTTrainer:
         hub = hub_data_options(cfg) if data is cfg.data else {}
         self.records = load_sft(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record, **hub).records
         if not self.records:
-            raise ConfigError(f"--data {_describe(data)}: no usable SFT records")
+            raise ConfigError(f"--data {describe_source(data)}: no usable SFT records")
         eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
         self.eval_records = None
         if eval_data is not None:
@@ -199,10 +200,6 @@ class SFTTrainer:
             save_policy(acc.unwrap_model(self.model), self.processor, out, template=self.template,
                         meta={**self.meta, **extra}, state_dict=full)
         return out
-
-
-def _describe(source: Any) -> str:
-    return str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
 
 
 def _model_and_processor(cfg: SFTConfig, model: Any, processing_class: Any):
