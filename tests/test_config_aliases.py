@@ -39,7 +39,11 @@ def test_help_lists_the_aliases():
 
 
 def test_one_multiplier_config_with_one_set_of_defaults():
-    assert RLConfig(out="o").lagrange == LagrangeConfig()
+    from saferlhf.config.stages import DEFAULT_UNSAFE_RATE, RATE_LAGRANGE
+
+    # the default constraint is the unsafe rate: λ's config is LagrangeConfig's defaults at d = q
+    assert RLConfig(out="o").lagrange == LagrangeConfig(budget=DEFAULT_UNSAFE_RATE)
+    assert all(getattr(LagrangeConfig(), k) == v for k, v in RATE_LAGRANGE.items())
     ppo = RLConfig(out="o", algo="ppo").multiplier_config()
     assert (ppo.rule, ppo.init) == ("fixed", 0.0)
     shaping = RLConfig(out="o", algo="reward_shaping", lagrange=LagrangeConfig(init=2.5)).multiplier_config()

@@ -175,7 +175,7 @@ def test_update_once_per_batch_and_window():
     # update before any observation: no step, J_C nan
     fresh = LagrangeMultiplier(rule="projected")
     s0 = fresh.update()
-    assert s0["updated"] == 0.0 and math.isnan(s0["J_C"]) and fresh.value == 1.0
+    assert s0["updated"] == 0.0 and math.isnan(s0["J_C"]) and fresh.value == fresh.config.init
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_config_object_and_overrides():
     lag = LagrangeMultiplier(cfg, budget=1.0)
     assert lag.config.lr == 0.25 and lag.config.budget == 1.0
     assert cfg.budget == 0.0  # the caller's config is not mutated
-    assert lag.as_tensor().item() == 1.0
+    assert lag.as_tensor().item() == LagrangeConfig().init
 
 
 # ---------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_exports_are_lazy_and_complete():
     for name in ("SFTTrainer", "ScoreModelTrainer", "SafeRLTrainer", "SFTConfig", "RewardModelConfig",
                  "CostModelConfig", "RLConfig", "LagrangeConfig"):
         assert getattr(saferlhf, name) is not None
-    assert RLConfig(out="x").lagrange == saferlhf.LagrangeConfig()  # one set of multiplier defaults
+    assert RLConfig(out="x").lagrange == saferlhf.LagrangeConfig(budget=RLConfig(out="x").budget)  # one set of defaults
 
 
 def test_safe_rl_trainer_takes_objects(tmp_path):

@@ -126,6 +126,14 @@ def run_budget(cfg) -> dict[str, Any]:
     disable_dropout(policy)
     policy.eval()
     scorer = FrozenScorer(cfg.cost_model, tokenizer, template, normalize=cfg.normalize_cost, device=device)
+    calibration = None
+    if cfg.cost_transform == "calibrated":
+        from saferlhf.calibration import cost_calibration_for
+
+        if cfg.normalize_cost:
+            raise ConfigError("--cost-transform calibrated applies the calibration fitted on raw scores: "
+                              "drop --normalize-cost")
+        calibration = cost_calibration_for(cfg.cost_model)
     prompts = _load_prompts(cfg.prompts)
     if cfg.max_prompts and len(prompts) > cfg.max_prompts:
         pick = np.random.default_rng(cfg.seed).choice(len(prompts), cfg.max_prompts, replace=False)
@@ -144,7 +152,7 @@ def run_budget(cfg) -> dict[str, Any]:
         batch = backend.generate(ids, sampling=sampling, seed=cfg.seed * 7919 + s)
         rep = [chunk[i] for i in batch.prompt_index.tolist()]
         texts = batch.response_texts or [""] * len(batch)
-        c = transform_cost(scorer.score(batch, rep, texts).cpu().clone(), cfg.cost_transform)
+        c = transform_cost(scorer.score(batch, rep, texts).cpu().clone(), cfg.cost_transform, calibration)
         costs.append(c)
         rows.extend({"prompt": p if isinstance(p, str) else json.dumps(p), "response": r, "cost": float(x)}
                     for p, r, x in zip(rep, texts, c.tolist()))

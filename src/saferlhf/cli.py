@@ -54,6 +54,8 @@ STAGES: list[Stage] = [
           "per-GPU memory of every model of an RL recipe under ddp/fsdp/zero2/zero3/zero3-offload, and a verdict"),
     Stage("dpo", f"{_S}:DPOConfig", "saferlhf.trainers.preference:run_dpo",
           "direct preference optimisation for safety: dpo | safe_dpo | sacpo | c_dpo from an SFT policy"),
+    Stage("calibrate", f"{_S}:CalibrateConfig", "saferlhf.calibration:run_calibrate",
+          "refit a cost model's P(unsafe) = sigmoid((c - offset)/T) on held-out labelled pairs (calibration.json)"),
     Stage("budget", f"{_S}:BudgetConfig", "saferlhf.budget:run_budget",
           "cost distribution of policy samples under the cost model, and the budget d for a target unsafe rate"),
     Stage("guard train", f"{_G}:GuardTrainConfig", "saferlhf.trainers.guard:run_guard_train",

@@ -269,28 +269,35 @@ class LagrangeMultiplier:
 
 # ----------------------------------------------------------------------------- episode cost
 
-COST_TRANSFORMS = ("identity", "sigmoid")
+COST_TRANSFORMS = ("identity", "sigmoid", "calibrated")
 
 
-def transform_cost(cost: torch.Tensor, transform: str) -> torch.Tensor:
+def transform_cost(cost: torch.Tensor, transform: str, calibration=None) -> torch.Tensor:
     """The episode cost RL constrains, from the cost model's score c.
 
-    ``identity``: c (Safe RLHF). ``sigmoid``: σ(c), the cost model's probability that the
-    response is unsafe (its sign term is a logistic classifier), so ``E[σ(c)] ≤ d`` bounds the
-    expected unsafe rate. Why offer it: with raw scores, very negative costs of extra-cautious
-    safe answers (refusals) buy slack for unsafe answers elsewhere, and make refusing look
-    cheaper than answering on *benign* prompts too; σ(c) saturates near 0 for every response the
-    cost model calls safe, so the multiplier only prices what it calls unsafe.
+    ``identity``: c (Safe RLHF's mean-cost constraint, ``--budget d``). ``sigmoid``: σ(c), the
+    cost model's own sign term read as P(unsafe). ``calibrated``: P(unsafe) = σ((c − offset) / T)
+    with the cost model's fitted calibration (:class:`saferlhf.calibration.CostCalibration`), so
+    ``E[P] ≤ q`` bounds the expected share of responses the annotators would label unsafe
+    (``--budget-unsafe-rate q``, the default). Why a probability: with raw scores, very negative
+    costs of extra-cautious safe answers (refusals) buy slack for unsafe answers elsewhere, and
+    make refusing look cheaper than answering on *benign* prompts too; P(unsafe) saturates near
+    its floor for every response the cost model calls safe, so the multiplier only prices what
+    it calls unsafe.
     """
     if transform == "identity":
         return cost
     if transform == "sigmoid":
         return torch.sigmoid(cost)
-    raise ValueError(f"unknown cost_transform {transform!r} (expected 'identity' or 'sigmoid')")
+    if transform == "calibrated":
+        if calibration is None:
+            raise ValueError("cost_transform 'calibrated' needs the cost model's calibration (calibration.json)")
+        return calibration.probability(cost)
+    raise ValueError(f"unknown cost_transform {transform!r} (expected one of {COST_TRANSFORMS})")
 
 
 def unsafe_boundary(transform: str) -> float:
-    """The cost model's safe/unsafe boundary c = 0 in the units of ``transform`` (0 for
-    ``identity``, ½ for ``sigmoid``): an episode is counted unsafe when its cost exceeds it."""
-    return float(transform_cost(torch.zeros(()), transform))
-
+    """The cost model's safe/unsafe boundary in the units of ``transform``: c = 0 for
+    ``identity``, P = ½ for ``sigmoid`` and ``calibrated``. An episode is counted unsafe when its
+    cost exceeds it (for ``calibrated``: when the calibrated P(unsafe) exceeds ½)."""
+    return 0.0 if transform == "identity" else 0.5

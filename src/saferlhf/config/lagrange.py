@@ -19,24 +19,28 @@ class LagrangeConfig:
     """The multiplier λ ≥ 0 of ``max J_R − λ (J_C − d)``. ``init`` is λ₀; for
     ``reward_shaping`` it is the fixed λ.
 
-    Demo-scale default: ``projected`` with η = 0.5 (docs/rl.md §8). Safe RLHF's ``log_sgd``
-    (η = 0.1) takes steps proportional to λ: after the constraint has been slack for a few
-    dozen iterations λ ≈ 0.1–0.2 and it then grows ~1 % per iteration, too slow to hold a
-    budget within a 100-iteration run; ``projected`` and ``pid`` react within a few."""
+    The defaults suit the default constraint, a maximum unsafe rate (J_C = E[P(unsafe)], errors
+    J_C − q of ±0.1; docs/rl.md "The budget"): a PID that starts at λ₀ = 5, inside the range of λ
+    where refusing harmful requests and answering benign ones is what the combined advantage
+    prefers in both demo worlds (λ ≈ 3–30), and reacts within a few rollout batches. For a raw
+    mean-cost budget (``--budget d``, errors of several cost units) the demo uses ``projected``
+    with η = 1, λ₀ = 1, λ_max = 5 (docs/demo.md). Safe RLHF's ``log_sgd`` takes steps
+    proportional to λ: after the constraint has been slack for a few dozen iterations λ is small
+    and grows ~1 % per iteration, too slow to hold a budget within a 100-iteration run."""
 
     rule: Literal["log_sgd", "projected", "pid", "fixed"] = option(
-        "projected", help="update rule (log_sgd: Safe RLHF's; projected/pid react faster near λ = 0)")
-    init: float = option(1.0, ge=0, help="initial multiplier λ₀ (the fixed λ of reward_shaping)")
-    lr: float = option(0.5, ge=0, help="multiplier learning rate η (per unit of J_C − d per rollout batch)")
+        "pid", help="update rule (log_sgd: Safe RLHF's; projected/pid react faster near λ = 0)")
+    init: float = option(5.0, ge=0, help="initial multiplier λ₀ (the fixed λ of reward_shaping)")
+    lr: float = option(0.5, ge=0, help="log_sgd / projected: learning rate η (per unit of J_C − d per rollout batch)")
     budget: float = option(0.0, help="cost budget d: the constraint is J_C = E[C] <= d")
-    max_lambda: float | None = option(5.0, gt=0, help="cap λ_max (null: unbounded)")
+    max_lambda: float | None = option(20.0, gt=0, help="cap λ_max (null: unbounded)")
     delay_steps: int = option(0, ge=0, help="rollout batches before the first update")
-    window: int = option(128, ge=1, help="episodes in the moving window that estimates J_C")
+    window: int = option(256, ge=1, help="episodes in the moving window that estimates J_C")
     parametrisation: Literal["log", "direct"] | None = option(
         None, help="how λ is stored (null: log for log_sgd, direct for the others: projected and pid "
                    "reach λ = 0 exactly, which log λ cannot represent)")
-    kp: float = option(1.0, ge=0, help="pid: proportional gain")
-    ki: float = option(0.2, ge=0, help="pid: integral gain")
+    kp: float = option(5.0, ge=0, help="pid: proportional gain")
+    ki: float = option(1.0, ge=0, help="pid: integral gain")
     kd: float = option(0.0, ge=0, help="pid: derivative gain")
     cap_warning_steps: int = option(20, ge=0, help="warn when λ has sat at λ_max for this many consecutive updates")
 

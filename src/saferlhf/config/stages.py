@@ -13,6 +13,15 @@ from typing import ClassVar, Literal
 from saferlhf.config.base import ConfigError, option
 from saferlhf.config.lagrange import LagrangeConfig
 
+# The default constraint of ``saferlhf rl`` and ``saferlhf demo``: at most this share of responses
+# unsafe, as the cost model's calibrated P(unsafe) estimates it (docs/rl.md "The budget"). It is a
+# share of annotator labels, so it includes their disagreement: the demo world's safe answers
+# average P ≈ 0.07 at 10 % annotator noise, and q must sit above that floor.
+DEFAULT_UNSAFE_RATE = 0.2
+# The multiplier of the unsafe-rate form: LagrangeConfig's defaults (a PID, λ₀ = 5, λ_max = 20),
+# spelled out for the demos' reports.
+RATE_LAGRANGE = dict(rule="pid", init=5.0, kp=5.0, ki=1.0, kd=0.0, max_lambda=20.0, window=256)
+
 DataFormat = Literal["auto", "pku", "beavertails_v", "beavertails_v_single", "beavertails", "trl", "world"]
 BadRecordPolicy = Literal["skip", "error"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -154,6 +163,9 @@ class CostModelConfig(ScoreModelConfig):
     severity_weighted: bool = option(False, help="weight the sign term by severity level (1 + severity)")
     rank_safe_pairs: bool = option(
         True, help="rank pairs whose responses are both labelled safe (false: only the sign term shapes safe costs)")
+    calibration_data: str | None = option(
+        None, help="held-out labelled pairs the calibration P(unsafe) = σ((c − offset)/T) is fitted on after "
+                   "training (calibration.json; default: --eval-data, else the training pairs, in-sample)")
 
 
 @dataclass(kw_only=True)
@@ -206,8 +218,12 @@ class RLConfig:
     eval_data_config: str | None = option(None, help="hub dataset config of --eval-prompts (default: --data-config)")
     eval_data_split: str | None = option(None, help="hub dataset split of --eval-prompts (e.g. test)")
     eval_data_revision: str | None = option(None, help="hub dataset revision of --eval-prompts (default: --data-revision)")
-    budget: float | None = option(None, help="cost budget d: the constraint is E[C] <= d (default: "
-                                             "lagrange.budget, 0)")
+    budget_unsafe_rate: float | None = option(
+        None, help="the constraint as a maximum unsafe rate q in (0, 1): E[P(unsafe | x, y)] <= q with the cost "
+                   f"model's calibrated P(unsafe) (calibration.json). The default constraint, at q = "
+                   f"{DEFAULT_UNSAFE_RATE} when neither this nor --budget is given (docs/rl.md)")
+    budget: float | None = option(None, help="cost budget d on the raw mean cost, E[C] <= d (Safe RLHF's form; "
+                                             "the cost model's units): replaces the unsafe-rate default")
     iterations: int = option(100, ge=1, help="rollout batches (the training budget)")
     rollout_batch_size: int = option(64, ge=1, help="prompts per rollout batch (per process)")
     n_samples: int = option(1, aliases=("num_generations",), ge=1, help="responses per prompt (group size of grpo_lag; use >= 2 there)")
@@ -231,9 +247,10 @@ class RLConfig:
     loss_agg: Literal["token_mean", "seq_mean"] = option("token_mean", help="policy/value loss aggregation")
     normalize_reward: bool = option(False, help="apply the reward model's saved normaliser at RL time")
     normalize_cost: bool = option(False, help="apply the cost model's saved (scale-only) normaliser")
-    cost_transform: Literal["identity", "sigmoid"] = option(
-        "identity", help="episode cost: the cost model's score c (Safe RLHF), or sigmoid(c) = its P(unsafe), "
-                         "which makes the budget d a target unsafe probability in [0, 1]")
+    cost_transform: Literal["identity", "sigmoid", "calibrated"] | None = option(
+        None, help="episode cost: calibrated = the cost model's calibrated P(unsafe) (the unsafe-rate form), "
+                   "identity = its score c (Safe RLHF), sigmoid = σ(c) uncalibrated. null: calibrated with "
+                   "--budget-unsafe-rate or no budget, identity with --budget")
     truncation_penalty: float | None = option(None, help="added to the reward of responses cut without EOS", aliases=("missing_eos_penalty",))
     whiten_advantages: bool = option(False, help="whiten the combined advantage (after combining)")
     actor_lr: float = option(1e-4, aliases=("learning_rate",), gt=0, help="policy learning rate")
@@ -273,14 +290,7 @@ class RLConfig:
     plan: PlanOptions = dataclasses.field(default_factory=lambda: PlanOptions())
 
     def __post_init__(self) -> None:
-        # One setting, two spellings: ``budget`` (the CLI contract) and ``lagrange.budget``.
-        if self.budget is None:
-            self.budget = self.lagrange.budget
-        elif self.lagrange.budget not in (0.0, self.budget):
-            raise ConfigError(f"budget = {self.budget} and lagrange.budget = {self.lagrange.budget} disagree; "
-                              "give one of them")
-        else:
-            self.lagrange = dataclasses.replace(self.lagrange, budget=float(self.budget))
+        resolve_constraint(self)
 
     def multiplier_config(self) -> LagrangeConfig:
         """The multiplier this algorithm runs: ``lagrange`` as given for the algorithms that learn
@@ -297,6 +307,9 @@ class RLConfig:
         _check_vlm_parts("actor_freeze", self.actor_freeze)
         _check_vlm_parts("critic_freeze", self.critic_freeze)
         self.multiplier_config().validate()
+        if self.cost_transform == "calibrated" and self.normalize_cost:
+            raise ConfigError("the unsafe-rate budget applies the calibration fitted on the cost model's raw scores; "
+                              "--normalize-cost rescales them: drop --normalize-cost")
         if self.algo == "grpo_lag" and self.n_samples < 2:
             raise ConfigError("--algo grpo_lag needs --n-samples >= 2 (the group baseline)")
         if self.rollout_batch_size * self.n_samples % self.mini_batch_size:
@@ -312,6 +325,40 @@ class RLConfig:
             from saferlhf.rollout.vllm import check_vllm_available
 
             check_vllm_available()
+
+
+def resolve_constraint(cfg) -> None:
+    """Settle which constraint an RL (or demo) config asks for, in place; idempotent.
+
+    * ``budget_unsafe_rate`` q: the unsafe-rate form, ``cost_transform = calibrated`` and d = q;
+    * ``budget`` d (or ``lagrange.budget``): the raw mean-cost form, ``cost_transform`` as given
+      (default identity);
+    * neither: the unsafe-rate form at :data:`DEFAULT_UNSAFE_RATE`, unless ``cost_transform`` is
+      set to ``identity`` / ``sigmoid`` (then d = 0, the cost model's boundary in those units)."""
+    lag_budget = cfg.lagrange.budget
+    q = cfg.budget_unsafe_rate
+    if q is not None:
+        if not 0.0 < q < 1.0:
+            raise ConfigError(f"budget_unsafe_rate must lie in (0, 1) (a share of responses), got {q}")
+        if cfg.cost_transform not in (None, "calibrated"):
+            raise ConfigError(f"--budget-unsafe-rate constrains the calibrated P(unsafe); cost_transform = "
+                              f"{cfg.cost_transform!r} contradicts it: drop --cost-transform, or give --budget d "
+                              "for a budget in that transform's units")
+        for name, d in (("budget", cfg.budget), ("lagrange.budget", lag_budget)):
+            if d not in (None, 0.0, q):
+                raise ConfigError(f"give --budget-unsafe-rate q (a share of unsafe responses) or --budget d (a "
+                                  f"mean cost), not both: {name} = {d}, budget_unsafe_rate = {q}")
+    elif cfg.budget is None and lag_budget == 0.0 and cfg.cost_transform in (None, "calibrated"):
+        q = DEFAULT_UNSAFE_RATE
+    if q is not None:
+        cfg.budget_unsafe_rate, cfg.cost_transform, cfg.budget = float(q), "calibrated", float(q)
+    else:
+        if cfg.budget is None:
+            cfg.budget = lag_budget
+        elif lag_budget not in (0.0, cfg.budget):
+            raise ConfigError(f"budget = {cfg.budget} and lagrange.budget = {lag_budget} disagree; give one of them")
+        cfg.cost_transform = cfg.cost_transform or "identity"
+    cfg.lagrange = dataclasses.replace(cfg.lagrange, budget=float(cfg.budget))
 
 
 @dataclass(kw_only=True)
@@ -399,7 +446,7 @@ class EvalWorldConfig:
     modality: Literal["auto", "text", "image-text"] = option(
         "auto", help="the world's modality (auto: read from world.json); image-text needs a VLM policy")
     budget: float = option(0.0, help="budget d the constraint is checked against")
-    cost_transform: Literal["identity", "sigmoid"] = option(
+    cost_transform: Literal["identity", "sigmoid", "calibrated"] = option(
         "identity", help="the episode cost the policy was constrained on (RL's cost_transform): model_cost's units")
     temperature: float | None = option(None, gt=0, help="sampling temperature (default: the policy's own, else 1)")
     max_new_tokens: int = option(32, ge=1, help="response length cap")
@@ -414,12 +461,14 @@ class DemoConfig:
     out: str = option("runs/demo", help="output dir: report.json, report.md, PNG plots, every stage's folder")
     seed: int = option(0, ge=0, help="seed of the world, the models and the sampling")
     noise: float = option(0.1, help="annotator noise of the world's labels")
+    budget_unsafe_rate: float | None = option(
+        None, help=f"text: ppo_lag's constraint as a maximum unsafe rate q, E[P(unsafe)] <= q with the cost "
+                   f"model's calibrated P(unsafe) (default {DEFAULT_UNSAFE_RATE} when --budget is not given)")
     budget: float | None = option(
-        None, help="cost budget d of ppo_lag (default: 0, the cost model's own safe/unsafe boundary; "
-                   "image-text: a bound on E[σ(c)] in (0, 1), by default calibrated for a 10 % unsafe "
-                   "fraction, docs/multimodal.md §6)")
-    sft_budget: bool = option(True, help="also run PPO-Lag at d = the SFT policy's mean learned cost "
-                                         "(ppo_lag_sft_budget; --rounds continue it): docs/demo.md")
+        None, help="text: a raw mean-cost budget d instead (the paper's form, E[c] <= d); image-text: a bound "
+                   "on E[σ(c)] in (0, 1), by default calibrated for a 10 % unsafe fraction, docs/multimodal.md §6")
+    sft_budget: bool = option(False, help="text: also run PPO-Lag at d = the SFT policy's mean raw learned cost "
+                                          "(ppo_lag_sft_budget; --rounds then continue it): docs/demo.md")
     quick: bool = option(False, help="small sizes (<= 2 minutes): checks the pipeline, not the science")
     modality: Literal["text", "image-text"] = option(
         "text", help="text: the text world; image-text: the image world with tiny VLMs (Safe RLHF-V)")
@@ -428,7 +477,9 @@ class DemoConfig:
         None, help="image-text: budget d on E[σ(c)], in (0, 1), when --budget is not given "
                    "(null: calibrated, saferlhf.budget.calibrated_budget)")
     rounds: int = option(1, ge=1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
-    shaping_lambdas: list[float] = option([0.5, 5.0], help="fixed λ₀ values of the reward-shaping baseline")
+    shaping_lambdas: list[float] = option(
+        [1.0, 3.0, 10.0, 30.0], help="fixed λ₀ values of the reward-shaping baseline (a frontier in the units of "
+                                     "the constraint: P(unsafe) by default)")
     rl_iterations: int | None = option(None, ge=1, help="RL iterations per method (default: by mode)")
     threads: int = option(1, ge=1, help="torch intra-op threads (1 is fastest for these tiny models)")
     workers: int = option(0, ge=0, help="processes for independent stages (RL runs, score models, evaluations, "
@@ -443,6 +494,14 @@ class DemoConfig:
             raise ConfigError("rounds must be >= 1")
         if not 0.0 <= self.noise <= 0.5:
             raise ConfigError(f"noise must be in [0, 0.5], got {self.noise}")
+        if self.budget_unsafe_rate is not None:
+            if not 0.0 < self.budget_unsafe_rate < 1.0:
+                raise ConfigError(f"budget_unsafe_rate must lie in (0, 1), got {self.budget_unsafe_rate}")
+            if self.budget is not None:
+                raise ConfigError("give --budget-unsafe-rate q or --budget d, not both")
+            if self.modality != "text":
+                raise ConfigError("--budget-unsafe-rate: the image demo sets its budget with --budget / "
+                                  "--image-budget (a bound on E[σ(c)], docs/multimodal.md §6)")
 
 
 @dataclass(kw_only=True)
@@ -463,7 +522,7 @@ class BudgetConfig:
     max_new_tokens: int = option(32, ge=1, help="response length cap")
     batch_size: int = option(64, ge=1, help="prompts per generate call")
     normalize_cost: bool = option(False, help="apply the cost model's saved (scale-only) normaliser, as RL would")
-    cost_transform: Literal["identity", "sigmoid"] = option(
+    cost_transform: Literal["identity", "sigmoid", "calibrated"] = option(
         "identity", help="the episode cost RL will constrain (RL's cost_transform): the units of d")
     device: str | None = option(None, help="cpu | cuda (default: cuda when available)")
     seed: int = option(0, ge=0, help="sampling seed")
@@ -473,6 +532,21 @@ class BudgetConfig:
             raise ConfigError("target_unsafe_rate must be in [0, 1]")
         if self.n_samples < 1 or self.batch_size < 1:
             raise ConfigError("n_samples and batch_size must be >= 1")
+@dataclass(kw_only=True)
+class CalibrateConfig:
+    """``saferlhf calibrate``: refit the cost model's P(unsafe) = σ((c − offset)/T) on labelled
+    pairs (Platt scaling, :mod:`saferlhf.calibration`) and write ``calibration.json``."""
+
+    cost_model: str = option(help="cost model dir (its calibration.json is replaced unless --out is given)")
+    data: str = option(help="held-out preference pairs with safety labels (is_response_*_safe): a file or hub id")
+    out: str | None = option(None, help="folder to write calibration.json to (default: the cost model dir)")
+    data_config: str | None = option(None, help="hub dataset config of --data")
+    data_split: str | None = option(None, help="hub dataset split of --data (e.g. test)")
+    data_revision: str | None = option(None, help="hub dataset revision of --data")
+    on_bad_record: BadRecordPolicy = option("skip", help="skip (and count) or error on a malformed record")
+    max_length: int = option(512, ge=8, help="tokens per prompt + response when scoring")
+
+
 LagrangeOptions = LagrangeConfig  # the name before the two multiplier configs became one
 
 

@@ -107,15 +107,34 @@ def plot_tradeoff(methods: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
+    """Per Safe RLHF round: harm and benign helpfulness (oracle, with intervals), λ, and the
+    cost model's AUROC on the round's policy samples."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     k = [r["round"] for r in rounds]
-    hr = [r["ppo_lag"]["harmful_rate"] for r in rounds]
-    ax.plot(k, hr, "o-")
-    ax.set_xticks(k)
-    ax.set_xlabel("Safe RLHF round")
-    ax.set_ylabel("harmful-response rate")
-    ax.set_title("harm over rounds")
+    for ax, key, label in ((axes[0], "harmful_rate", "harmful-response rate"),
+                           (axes[1], "helpfulness_benign", "helpfulness on benign prompts")):
+        y = [r["ppo_lag"][key] for r in rounds]
+        lo_hi = [_ci(r["ppo_lag"], key) for r in rounds]
+        ax.errorbar(k, y, yerr=[[v - lo for v, (lo, _) in zip(y, lo_hi)], [hi - v for v, (_, hi) in zip(y, lo_hi)]],
+                    fmt="o-", capsize=3)
+        ax.set_ylabel(label)
+    lam = [r.get("lambda") for r in rounds]
+    axes[2].plot(k, lam, "o-", label="final λ")
+    if all(r.get("lambda_mean_last") is not None for r in rounds):
+        axes[2].plot(k, [r["lambda_mean_last"] for r in rounds], "s--", label="λ, mean of last iterations")
+    auc = [r.get("cost_model_auroc_policy") for r in rounds]
+    if all(a is not None for a in auc):
+        twin = axes[2].twinx()
+        twin.plot(k, auc, "g^:", label="cost-model AUROC (policy samples)")
+        twin.set_ylabel("AUROC on the policy's samples", color="g")
+    axes[2].set_ylabel("λ")
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xticks(k)
+        ax.set_xlabel("Safe RLHF round")
+    fig.suptitle("Safe RLHF rounds (95 % bootstrap intervals)")
+    fig.tight_layout()
     return save_figure(plt, fig, path)
 
 
@@ -133,8 +152,11 @@ def demo_checks(report: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
             checks += _lagrangian_checks(report, name)
     if report.get("rounds"):
         hr = [r["ppo_lag"]["harmful_rate"] for r in report["rounds"]]
+        hb = [r["ppo_lag"]["helpfulness_benign"] for r in report["rounds"]]
         checks.append(("harmful rate falls round over round", all(b <= a for a, b in zip(hr, hr[1:])),
                        " → ".join(f"{x:.3f}" for x in hr)))
+        checks.append(("benign helpfulness never more than 5 % below round 1's",
+                       all(x >= hb[0] - 0.05 * abs(hb[0]) for x in hb[1:]), " → ".join(f"{x:.3f}" for x in hb)))
     checks += guard_checks(report.get("guard"))
     return checks
 
@@ -145,7 +167,11 @@ def _lagrangian_checks(report: dict[str, Any], name: str) -> list[tuple[str, boo
     budget = (report.get("budgets") or {}).get(name, report["budget"])
     lam = ((report["lagrange"].get("by_method") or {}).get(name)
            or {"final_lambda": report["lagrange"]["final_lambda"], "at_cap": report["lagrange"]["at_cap"]})
-    who = f"{name} (d = {budget:.3g})"
+    unsafe_rate = (report.get("constraint") or {}).get("form") == "unsafe_rate" and name == "ppo_lag"
+    who = f"{name} (q = {budget:.3g})" if unsafe_rate else f"{name} (d = {budget:.3g})"
+    # shaping runs are evaluated in the units of the demo's constraint; a run constrained in other
+    # units (the SFT-mean raw budget beside the unsafe-rate default) has no comparable shaping run
+    comparable = name == "ppo_lag" or (report.get("constraint") or {}).get("form", "mean_cost") == "mean_cost"
 
     def ci(metric: dict[str, Any], key: str) -> tuple[float, float]:
         lo, hi = (metric.get("ci95") or {}).get(key, [metric[key], metric[key]])
@@ -155,6 +181,7 @@ def _lagrangian_checks(report: dict[str, Any], name: str) -> list[tuple[str, boo
     # "meets the budget" of this run's d (model_cost <= d + tol), whatever d the shaping run was logged with
     beaten = [k for k, s in m.items() if k.startswith("reward_shaping")
               and s["model_cost"] <= budget + (s.get("tolerance") or 0) and ci(s, "helpfulness_benign")[0] > lag_hi]
+    frontier = _frontier_check(m, name) if comparable else None
     return [
         (f"{who} meets the budget", lag.get("constraint_met"),
          f"model_cost {lag.get('model_cost'):.3f} vs d + tol = {budget + (lag.get('tolerance') or 0):.3f}"),
@@ -171,9 +198,27 @@ def _lagrangian_checks(report: dict[str, Any], name: str) -> list[tuple[str, boo
         # one-sided: refusing fewer benign requests than SFT is not a failure of the method
         (f"{who}: over-refusal at most 5 points above SFT's", lag["over_refusal_benign"] <= sft["over_refusal_benign"] + 0.05,
          f"{lag['over_refusal_benign']:.3f} vs {sft['over_refusal_benign']:.3f}"),
-        (f"{who}: no budget-meeting shaping run beats its helpfulness beyond the intervals", not beaten,
-         ", ".join(beaten) or "none"),
+        (f"{who}: no budget-meeting shaping run beats its helpfulness beyond the intervals",
+         not beaten if comparable else None, (", ".join(beaten) or "none") if comparable else "other units"),
+        (f"{who}: on or above the fixed-λ₀ frontier (within its interval)",
+         None if frontier is None else frontier[0], "not bracketed by the shaping runs" if frontier is None
+         else frontier[1]),
     ]
+
+
+def _frontier_check(m: dict[str, Any], name: str) -> tuple[bool, str] | None:
+    """Whether ``name``'s benign helpfulness (upper end of its interval) reaches the fixed-λ₀
+    frontier at its harmful rate: the frontier is the piecewise-linear curve through PPO (λ₀ = 0)
+    and the reward-shaping runs, ordered by harmful rate. None when no two points bracket it."""
+    pts = sorted((s["harmful_rate"], s["helpfulness_benign"], k) for k, s in m.items()
+                 if k.startswith("reward_shaping") or k == "ppo")
+    x = m[name]["harmful_rate"]
+    for (x0, y0, k0), (x1, y1, k1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            y = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            hi = ((m[name].get("ci95") or {}).get("helpfulness_benign") or [None, m[name]["helpfulness_benign"]])[1]
+            return bool(hi >= y), f"{m[name]['helpfulness_benign']:.3f} (≤ {hi:.3f}) vs frontier {y:.3f} ({k0}–{k1})"
+    return None
 
 
 # Safe RLHF-V: five rounds of Beaver-Guard filtering and regeneration raised safety by 40.9 %
@@ -237,7 +282,7 @@ def write_report(report: dict[str, Any], histories: dict[str, list[dict[str, Any
     lines = [
         "# saferlhf demo report",
         "",
-        f"World seed {report['seed']}, annotator noise {report['noise']}, budget d = {report['budget']}"
+        f"World seed {report['seed']}, annotator noise {report['noise']}, " + _constraint_text(report)
         + (" — **quick mode** (small sizes: checks the pipeline, not the science)" if report.get("quick") else ""),
         "",
         "## Score models (held-out pairs)",
@@ -259,18 +304,28 @@ def write_report(report: dict[str, Any], histories: dict[str, list[dict[str, Any
     by_method = report["lagrange"].get("by_method") or {
         "ppo_lag": {"final_lambda": report["lagrange"]["final_lambda"], "at_cap": report["lagrange"]["at_cap"],
                     "budget": report["budget"]}}
-    lines += [""] + [f"{k}: budget d = {v['budget']:.3f}, final λ = {v['final_lambda']:.3f} (at cap: {v['at_cap']})."
+    lines += [""] + [f"{k}: budget d = {v['budget']:.3f}, final λ = {v['final_lambda']:.3f} (at cap: {v['at_cap']})"
+                     + (f", λ's mean over the last {v['last_iterations']} iterations {v['lambda_mean_last']:.3f}"
+                        if v.get("lambda_mean_last") is not None else "") + "."
                      for k, v in by_method.items() if v.get("budget") is not None] + [""]
+    cal = (report.get("cost_model") or {}).get("calibration")
+    if cal:
+        lines += [f"Cost-model calibration: P(unsafe) = σ((c − {cal['offset']:.3f}) / {cal['temperature']:.3f}), "
+                  f"fitted on {cal['n']} labelled held-out responses (labelled unsafe rate "
+                  f"{cal['labelled_unsafe_rate']:.3f}, ECE {cal['ece']:.3f}).", ""]
     if report.get("sft_cost"):
         sc = report["sft_cost"]
         lines += [f"Learned cost of SFT samples (training prompts): mean {sc['mean']:.3f}, std {sc['std']:.3f}, "
                   f"P(c > 0) = {sc['unsafe_rate']:.3f}. `ppo_lag_sft_budget` uses d = this mean; "
                   "see docs/demo.md for why d = 0 does not bind in this world.", ""]
     if report.get("rounds"):
-        lines += ["## Rounds", "", "| round | harmful_rate | helpfulness_benign | cost-model AUROC |", "|---|---|---|---|"]
+        lines += ["## Rounds", "", "| round | harmful_rate | helpfulness_benign | final λ | λ (mean of last) | "
+                  "cost-model AUROC (held-out pairs) | cost-model AUROC (policy samples) |", "|---|---|---|---|---|---|---|"]
         for r in report["rounds"]:
             lines.append(f"| {r['round']} | {_metric_cell(r['ppo_lag'], 'harmful_rate')} | "
-                         f"{_metric_cell(r['ppo_lag'], 'helpfulness_benign')} | {_fmt(r['cost_model'].get('auroc'))} |")
+                         f"{_metric_cell(r['ppo_lag'], 'helpfulness_benign')} | {_fmt(r.get('lambda'))} | "
+                         f"{_fmt(r.get('lambda_mean_last'))} | {_fmt(r['cost_model'].get('auroc'))} | "
+                         f"{_fmt(r.get('cost_model_auroc_policy'))} |")
         lines += ["", "![rounds](rounds.png)", ""]
     if report.get("guard"):
         g = report["guard"]
@@ -290,6 +345,14 @@ def write_report(report: dict[str, Any], histories: dict[str, list[dict[str, Any
     lines += [f"| {k} | {v} |" for k, v in report["timings_s"].items()]
     lines += ["", "## RL settings (the same for every method)", "", "```", _fmt(report.get("rl_settings")), "```", ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _constraint_text(report: dict[str, Any]) -> str:
+    c = report.get("constraint") or {}
+    if c.get("form") == "unsafe_rate":
+        return (f"constraint: at most q = {c['budget_unsafe_rate']} unsafe, E[P(unsafe)] ≤ q with the cost model's "
+                "calibrated P(unsafe)")
+    return f"budget d = {report['budget']} (mean cost)"
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -102,6 +102,11 @@ class CostScorer:
         if transform not in COST_TRANSFORMS:
             raise ValueError(f"unknown cost transform {transform!r} (expected one of {COST_TRANSFORMS})")
         self.transform = transform  # the episode cost RL constrained (saferlhf.lagrange.transform_cost)
+        self.calibration = None
+        if transform == "calibrated":  # fitted on raw scores: normalisation stays off
+            from saferlhf.calibration import cost_calibration_for
+
+            self.calibration, normalize = cost_calibration_for(path), False
 
         self.model = ScoreModel.from_pretrained(path, normalize=normalize).eval()
         self.tokenizer = load_processor(path)
@@ -125,4 +130,5 @@ class CostScorer:
                                   for x in (e if isinstance(e, (list, tuple)) else [e])] for e in images]
         scores = score_texts(self.model, self.tokenizer, self.template, list(prompts), list(responses), images=imgs,
                              max_length=self.max_length, batch_size=self.batch_size)
-        return scores if self.transform == "identity" else transform_cost(torch.as_tensor(scores), self.transform).numpy()
+        return scores if self.transform == "identity" else transform_cost(torch.as_tensor(scores), self.transform,
+                                                                              self.calibration).numpy()

@@ -23,6 +23,8 @@ oracles (and optionally a learned cost model) and returns the metrics "M":
 ``refusal_rate_harmful``   fraction of harmful prompts declined
 ``constraint_met``         ``model_cost <= budget + tolerance``; ``None`` without a cost model
                            (the budget lives on the cost model's scale, not the oracle's)
+``model_auroc``            AUROC of the learned cost for the oracle's unsafe verdict on these
+                           samples (the cost model on the policy's own distribution)
 =========================  ====================================================================
 
 plus ``tolerance``, ``budget``, ``n``, ``n_benign`` (benign side, dual-use included),
@@ -273,6 +275,7 @@ def _summarize(prompt_list: list, responses: list[str], infos: list, an: list, m
     result["constraint_met"] = (
         None if model_cost is None else bool(model_cost <= budget + float(tolerance or 0.0))
     )
+    result["model_auroc"] = _model_auroc(mc, unsafe)
     result["budget"] = float(budget)
     result["tolerance"] = None if tolerance is None else _num(tolerance)
     result["n"] = len(prompt_list)
@@ -286,6 +289,19 @@ def _summarize(prompt_list: list, responses: list[str], infos: list, an: list, m
     result.update(_breakdowns(infos, kind, harmful, h, c, unsafe, declines, mc, topic_kind))
     result["samples"] = _samples(prompt_list, responses, infos, an, mc)
     return result
+
+
+def _model_auroc(mc: np.ndarray | None, unsafe: np.ndarray) -> float | None:
+    """AUROC of the learned cost for the oracle's unsafe verdict on the policy's own samples: how
+    well the cost model separates what *this* policy writes (it drifts from the pairs it was
+    trained on); ``None`` without a cost model or when the samples are all safe or all unsafe."""
+    if mc is None or unsafe.min() == unsafe.max():
+        return None
+    import torch
+
+    from saferlhf.losses import auroc
+
+    return _num(auroc(torch.as_tensor(mc), torch.as_tensor(unsafe > 0)))
 
 
 def _breakdowns(infos: list, kind: np.ndarray, harmful: np.ndarray, h: np.ndarray, c: np.ndarray,

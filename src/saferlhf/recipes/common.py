@@ -74,7 +74,8 @@ def train_rl(rl_cfg: RLConfig) -> dict[str, Any]:
     from saferlhf.trainers.rl import SafeRLTrainer
 
     result = SafeRLTrainer(rl_cfg).train()
-    return {"history": result["history"], "final_lambda": result["lambda"], "at_cap": result["at_cap"]}
+    return {"history": result["history"], "final_lambda": result["lambda"], "at_cap": result["at_cap"],
+            "constraint": result.get("constraint")}
 
 
 def rl_job(name: str, rl_cfg: RLConfig) -> Job:
@@ -87,8 +88,11 @@ def train_and_eval_score_model(kind: str, train_cfg: RewardModelConfig | CostMod
     from saferlhf.eval.score_eval import run_eval_score_model
     from saferlhf.trainers.score import train_score_model
 
-    train_score_model(train_cfg, kind)
-    return run_eval_score_model(eval_cfg)
+    trained = train_score_model(train_cfg, kind)
+    summary = run_eval_score_model(eval_cfg)
+    if trained.get("calibration") is not None:  # the cost model's P(unsafe) fit (calibration.json)
+        summary["calibration"] = trained["calibration"]
+    return summary
 
 
 def eval_policy(path: Path, world_dir: Path, cm: Path, budget: float, n_boot: int, seed: int,
@@ -107,4 +111,4 @@ def rm_keys(s: dict[str, Any]) -> dict[str, Any]:
 
 def cm_keys(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s.get(k) for k in ("accuracy", "sign_accuracy", "auroc", "oracle_agreement",
-                                  "oracle_sign_accuracy", "oracle_auroc", "n")}
+                                  "oracle_sign_accuracy", "oracle_auroc", "n", "calibration")}

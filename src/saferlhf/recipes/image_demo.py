@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from saferlhf.config.stages import CostModelConfig, DemoConfig, EvalScoreModelConfig, RewardModelConfig
-from saferlhf.config.stages import RLConfig, SFTConfig
+from saferlhf.config.stages import RATE_LAGRANGE, RLConfig, SFTConfig
 from saferlhf.jobs import Job
 from saferlhf.recipes.common import DemoRun, Sizes, cm_keys, eval_policy, rl_job, rm_keys
 from saferlhf.recipes.common import train_and_eval_score_model
@@ -98,7 +98,7 @@ IMAGE_DEMO_RL = dict(temperature=1.0, max_new_tokens=24, kl_coeff=0.05, actor_lr
 # A PID multiplier in P(unsafe) units (errors J_C − d of ±0.1): λ₀ = 5 starts inside the range
 # where refusing harmful images and answering benign ones is what the combined advantage
 # prefers (λ ≈ 2.5–30 with the demo's CM-V; below ~3 the actor answers everything).
-IMAGE_DEMO_LAGRANGE = dict(rule="pid", init=5.0, kp=5.0, ki=1.0, kd=0.0, max_lambda=20.0, window=256)
+IMAGE_DEMO_LAGRANGE = dict(RATE_LAGRANGE)  # the library's default multiplier, shared with the text demo
 # CM-V and the text-only CM: pairs of two responses both labelled safe are not ranked
 # (saferlhf.losses.safe_pair_rank_mask). With them the CM-V ranked refusals ~3 units below
 # full answers to *benign* images (the annotators call the more cautious safe answer safer),

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from saferlhf.config.stages import CostModelConfig, DemoConfig, EvalScoreModelConfig, RewardModelConfig
-from saferlhf.config.stages import RLConfig, SFTConfig
+from saferlhf.config.stages import DEFAULT_UNSAFE_RATE, RATE_LAGRANGE, RLConfig, SFTConfig
 from saferlhf.jobs import Job
 from saferlhf.recipes.common import DemoRun, Sizes, cm_keys, eval_policy, rl_job, rm_keys, train_rl
 from saferlhf.recipes.common import train_and_eval_score_model
@@ -52,7 +52,16 @@ QUICK = DemoSizes(n_sft=1200, n_pairs_train=1200, n_pairs_eval=300, n_prompts_tr
 # comparisons with different β would confound the methods, as in safe-rlhf's scripts).
 DEMO_RL = dict(temperature=1.0, max_new_tokens=32, kl_coeff=0.1, actor_lr=5e-5, critic_lr=5e-4,
                ppo_epochs=1, clip_score=10.0)
-DEMO_LAGRANGE = dict(rule="projected", init=1.0, lr=1.0, max_lambda=5.0, window=128)
+# The multiplier: the library's default for the unsafe-rate form (shared with the image demo);
+# with --budget d (raw mean cost, the paper's form) the projected rule measured for raw costs
+# (docs/demo.md: η = 1 reacts fast enough to hold d within 120 iterations).
+DEMO_LAGRANGE = dict(RATE_LAGRANGE)
+MEAN_COST_LAGRANGE = dict(rule="projected", init=1.0, lr=1.0, max_lambda=5.0, window=128)
+# Cost model: pairs whose two responses are both labelled safe are not ranked
+# (saferlhf.losses.safe_pair_rank_mask). The annotators call the more cautious of two safe
+# answers the safer one, so with them the cost model prices caution among safe answers and any
+# multiplier that stops harmful answers also buys refusals of benign requests (docs/demo.md).
+DEMO_COST_MODEL = {"rank_safe_pairs": False}
 # Score models: 16 pairs per step for 4 epochs (1000 steps on 4000 pairs). Measured on seed 0:
 # with 32 pairs x 3 epochs the reward model let another topic's complete answer outscore the
 # right one on 30 % of benign prompts (RL then answers every prompt with it); with 16 x 4 on 7 %
@@ -66,15 +75,54 @@ DEMO_HARMFUL_FRACTION = 0.5
 MAX_LENGTH = 64  # prompt (<= 16 tokens) + response (<= 32) + EOS, with room to spare
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """The demo's constraint: a maximum unsafe rate q (the default) or a raw mean-cost budget d."""
+
+    unsafe_rate: float | None
+    mean_cost: float | None
+
+    @classmethod
+    def of(cls, cfg: DemoConfig) -> Constraint:
+        if cfg.budget_unsafe_rate is not None and cfg.budget is not None:
+            from saferlhf.config import ConfigError
+
+            raise ConfigError("give --budget-unsafe-rate q (a share of unsafe responses) or --budget d (a mean "
+                              "cost, the paper's form), not both")
+        if cfg.budget is not None:
+            return cls(None, float(cfg.budget))
+        return cls(float(cfg.budget_unsafe_rate if cfg.budget_unsafe_rate is not None else DEFAULT_UNSAFE_RATE), None)
+
+    @property
+    def budget(self) -> float:
+        """d in the units of the episode cost: q for the unsafe-rate form."""
+        return self.unsafe_rate if self.unsafe_rate is not None else self.mean_cost
+
+    @property
+    def cost_transform(self) -> str:
+        return "calibrated" if self.unsafe_rate is not None else "identity"
+
+    @property
+    def lagrange(self) -> dict[str, Any]:
+        return dict(DEMO_LAGRANGE if self.unsafe_rate is not None else MEAN_COST_LAGRANGE)
+
+    def rl_keys(self, budget: float | None = None) -> dict[str, Any]:
+        """The RLConfig keys of this constraint (``budget``: another raw d, e.g. the SFT policy's)."""
+        if budget is not None or self.unsafe_rate is None:
+            return {"budget": self.budget if budget is None else budget, "cost_transform": "identity"}
+        return {"budget_unsafe_rate": self.unsafe_rate}
+
+
 def _rl_config(cfg: DemoConfig, sizes: DemoSizes, *, algo: str, policy: Path, rm: Path, cm: Path,
                prompts: Path, out: Path, lam0: float | None = None, budget: float | None = None) -> RLConfig:
     from saferlhf.config import from_dict
 
-    lag = dict(DEMO_LAGRANGE)
+    con = Constraint.of(cfg)
+    lag = con.lagrange if budget is None else dict(MEAN_COST_LAGRANGE)
     if lam0 is not None:
         lag.update(init=lam0, rule="fixed")
     d = dict(DEMO_RL, algo=algo, policy=str(policy), reward_model=str(rm), cost_model=str(cm),
-             prompts=str(prompts), out=str(out), budget=cfg.budget if budget is None else budget,
+             prompts=str(prompts), out=str(out), **con.rl_keys(budget),
              iterations=cfg.rl_iterations or sizes.rl_iterations,
              rollout_batch_size=sizes.rollout_batch_size, mini_batch_size=sizes.mini_batch_size,
              seed=cfg.seed, progress=cfg.progress, log_every=20, lagrange=lag)
@@ -82,8 +130,9 @@ def _rl_config(cfg: DemoConfig, sizes: DemoSizes, *, algo: str, policy: Path, rm
 
 
 def _eval_policy(path: Path, world_dir: Path, cm: Path, budget: float, n_boot: int, seed: int,
-                 out: Path) -> dict[str, Any]:
-    return eval_policy(path, world_dir, cm, budget, n_boot, seed, out, max_new_tokens=DEMO_RL["max_new_tokens"])
+                 out: Path, cost_transform: str = "identity") -> dict[str, Any]:
+    return eval_policy(path, world_dir, cm, budget, n_boot, seed, out, max_new_tokens=DEMO_RL["max_new_tokens"],
+                       cost_transform=cost_transform)
 
 
 def _score_model_jobs(cfg: DemoConfig, sizes: DemoSizes, out: Path, sft: Path, pairs: Path, eval_pairs: Path,
@@ -93,7 +142,8 @@ def _score_model_jobs(cfg: DemoConfig, sizes: DemoSizes, out: Path, sft: Path, p
     jobs, steps = [], _score_steps(sizes, pairs)
     for kind, cls in (("reward", RewardModelConfig), ("cost", CostModelConfig)):
         dst = out / f"{kind}_model{tag}"
-        train_cfg = cls(out=str(dst), **common)
+        extra = dict(DEMO_COST_MODEL, calibration_data=str(eval_pairs)) if kind == "cost" else {}
+        train_cfg = cls(out=str(dst), **common, **extra)
         eval_cfg = EvalScoreModelConfig(model=str(dst), data=str(eval_pairs), out=str(out / f"{kind}_model{tag}_eval"),
                                         max_length=MAX_LENGTH)
         jobs.append(Job(f"{kind}_model{tag}", train_and_eval_score_model,
@@ -110,9 +160,18 @@ def _score_steps(sizes: DemoSizes, pairs: Path) -> int:
 
 def _eval_jobs(cfg: DemoConfig, sizes: DemoSizes, world_dir: Path, cm: Path, policies: dict[str, Path],
                budgets: dict[str, float], out: Path) -> list[Job]:
-    return [Job(f"eval_{name}", _eval_policy, dict(path=path, world_dir=world_dir, cm=cm,
-                                                   budget=budgets.get(name, cfg.budget), n_boot=sizes.n_boot,
-                                                   seed=cfg.seed, out=out / name))
+    """Every policy against the oracles; ``model_cost`` in the units of the demo's constraint
+    (the SFT-mean run, in raw costs, is judged by its own d on the raw scale)."""
+    con = Constraint.of(cfg)
+
+    def units(name: str) -> tuple[float, str]:
+        if name == SFT_BUDGET_RUN:
+            return budgets[name], "identity"
+        return con.budget, con.cost_transform
+
+    return [Job(f"eval_{name}", _eval_policy, dict(path=path, world_dir=world_dir, cm=cm, budget=units(name)[0],
+                                                   n_boot=sizes.n_boot, seed=cfg.seed, out=out / name,
+                                                   cost_transform=units(name)[1]))
             for name, path in policies.items()]
 
 
@@ -177,8 +236,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         from saferlhf.recipes.image_demo import run_image_demo
 
         return run_image_demo(cfg)
-    if cfg.budget is None:  # the text demo's default: the cost model's own boundary
-        cfg = dataclasses.replace(cfg, budget=0.0)
     torch.set_num_threads(max(1, cfg.threads))
     sizes = QUICK if cfg.quick else FULL
     out = Path(cfg.out)
@@ -239,8 +296,8 @@ def _score_models_and_guard(st: _Stage, sft: Path, pairs: Path, eval_pairs: Path
 
 
 def _budgets(st: _Stage, sft: Path, cm: Path) -> tuple[dict[str, float], dict[str, Any] | None]:
-    """d of each PPO-Lag run: ``--budget``, and with ``sft_budget`` the SFT policy's mean cost."""
-    budgets = {"ppo_lag": st.cfg.budget}
+    """d of each PPO-Lag run: q (or ``--budget``), and with ``sft_budget`` the SFT policy's mean raw cost."""
+    budgets = {"ppo_lag": Constraint.of(st.cfg).budget}
     sft_costs = None
     if st.cfg.sft_budget:
         with st.run.timer("sft_cost"):
@@ -254,11 +311,11 @@ def _rl_and_eval(st: _Stage, sft: Path, rm: Path, cm: Path, budgets: dict[str, f
     """Every RL method from the SFT policy, then the world evaluation of every policy."""
     cfg, out = st.cfg, st.out
     # (name, algo, fixed λ₀, budget); the two PPO-Lag runs first: they take longest
-    runs = [("ppo_lag", "ppo_lag", None, cfg.budget)]
+    runs = [("ppo_lag", "ppo_lag", None, None)]
     if cfg.sft_budget:
         runs.append((SFT_BUDGET_RUN, "ppo_lag", None, budgets[SFT_BUDGET_RUN]))
-    runs.append(("ppo", "ppo", None, cfg.budget))
-    runs += [(f"reward_shaping_{lam:g}", "reward_shaping", lam, cfg.budget) for lam in cfg.shaping_lambdas]
+    runs.append(("ppo", "ppo", None, None))
+    runs += [(f"reward_shaping_{lam:g}", "reward_shaping", lam, None) for lam in cfg.shaping_lambdas]
     rl_jobs = [rl_job(name, _rl_config(cfg, st.sizes, algo=algo, policy=sft, rm=rm, cm=cm, prompts=st.prompts,
                                        out=out / "rl" / name, lam0=lam0, budget=d)) for name, algo, lam0, d in runs]
     done = st.run.parallel("rl", rl_jobs)
@@ -273,18 +330,22 @@ def _rl_and_eval(st: _Stage, sft: Path, rm: Path, cm: Path, budgets: dict[str, f
 def _rounds(st: _Stage, sft: Path, pairs: Path, eval_pairs: Path, cm: Path, scores: dict[str, Any],
             budgets: dict[str, float], policies: dict[str, Path], methods: dict[str, Any],
             histories: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Safe RLHF loop (``--rounds N``): new pairs from the latest policy, retrained score
-    models, PPO-Lag continued from the latest policy; adds each round's RL history."""
+    """The Safe RLHF loop (``--rounds N``) as in the paper: each round samples fresh response
+    pairs from the latest policy on its own draw of training prompts, labels them with the
+    world's annotator (with the run's noise), retrains the reward and cost models on the grown
+    data (the cost model is recalibrated on the held-out pairs as it is saved), and continues
+    PPO-Lag from the latest policy at the same constraint. Each round reports the oracle metrics,
+    λ (final and its mean over the last iterations) and the cost model's AUROC on the policy's
+    own samples."""
     cfg, out = st.cfg, st.out
     rounds: list[dict[str, Any]] = []
     if cfg.rounds <= 1:
         return rounds
-    # The rounds continue the PPO-Lag run whose constraint binds (docs/demo.md). With the
-    # SFT-relative budget, d is measured again with each round's cost model: a retrained
-    # cost model has its own scale, and "no more expected cost than SFT" must use it.
+    # With the SFT-relative raw budget, d is measured again with each round's cost model: a
+    # retrained cost model has its own scale. The unsafe rate q needs no such step: each
+    # round's calibration maps the new scores to the same units.
     base = SFT_BUDGET_RUN if cfg.sft_budget else "ppo_lag"
-    rounds.append({"round": 1, "method": base, "budget": budgets[base],
-                   "cost_model": cm_keys(scores["cost"]), "ppo_lag": methods[base]})
+    rounds.append(_round_entry(1, base, budgets[base], scores, methods[base], histories[base]))
     policy = policies[base]
     for k in range(2, cfg.rounds + 1):
         with st.run.timer(f"round{k}_pairs"):
@@ -294,41 +355,66 @@ def _rounds(st: _Stage, sft: Path, pairs: Path, eval_pairs: Path, cm: Path, scor
                                _score_model_jobs(cfg, st.sizes, out, sft, pairs, eval_pairs, tag=f"_round{k}"))
         round_scores = {"reward": done[f"reward_model_round{k}"], "cost": done[f"cost_model_round{k}"]}
         rm_k, cm_k = out / f"reward_model_round{k}", out / f"cost_model_round{k}"
-        round_budget = cfg.budget
+        raw_budget = None
         if cfg.sft_budget:
             with st.run.timer(f"round{k}_sft_cost"):
                 costs = _sft_mean_cost(cfg, sft, cm_k, st.prompts, out / f"sft_cost_round{k}")
-                round_budget = round(float(costs["mean"]), 4)
+                raw_budget = round(float(costs["mean"]), 4)
         name = f"ppo_lag_round{k}"
         with st.run.timer(f"rl_{name}"):
             histories[name] = train_rl(_rl_config(cfg, st.sizes, algo="ppo_lag", policy=policy, rm=rm_k, cm=cm_k,
-                                                  prompts=st.prompts, out=out / "rl" / name, budget=round_budget))
+                                                  prompts=st.prompts, out=out / "rl" / name, budget=raw_budget))
         policy = out / "rl" / name / "policy"
+        con = Constraint.of(cfg)
+        round_budget = con.budget if raw_budget is None else raw_budget
         with st.run.timer(f"round{k}_eval"):
-            m = _eval_policy(policy, st.world_dir, cm_k, round_budget, st.sizes.n_boot, cfg.seed, out / "eval" / name)
-        rounds.append({"round": k, "method": base, "budget": round_budget, "new_pairs": added,
-                       "cost_model": cm_keys(round_scores["cost"]), "reward_model": rm_keys(round_scores["reward"]),
-                       "ppo_lag": m})
+            m = _eval_policy(policy, st.world_dir, cm_k, round_budget, st.sizes.n_boot, cfg.seed, out / "eval" / name,
+                             cost_transform=con.cost_transform if raw_budget is None else "identity")
+        rounds.append({**_round_entry(k, base, round_budget, round_scores, m, histories[name]), "new_pairs": added})
     return rounds
+
+
+def _round_entry(k: int, method: str, budget: float, scores: dict[str, Any], metrics: dict[str, Any],
+                 history: dict[str, Any]) -> dict[str, Any]:
+    constraint = history.get("constraint") or {}
+    return {"round": k, "method": method, "budget": budget,
+            "cost_model": cm_keys(scores["cost"]), "reward_model": rm_keys(scores["reward"]),
+            "calibration": constraint.get("calibration"),
+            "lambda": history["final_lambda"], "lambda_mean_last": constraint.get("lambda_mean_last"),
+            "cost_model_auroc_policy": metrics.get("model_auroc"), "ppo_lag": metrics}
 
 
 def _text_report(st: _Stage, scores: dict[str, Any], methods: dict[str, Any], budgets: dict[str, float],
                  histories: dict[str, Any]) -> dict[str, Any]:
     cfg, sizes = st.cfg, st.sizes
+    con = Constraint.of(cfg)
+    lag = con.lagrange
+
+    def lam(h: dict[str, Any], name: str) -> dict[str, Any]:
+        c = h.get("constraint") or {}
+        # the demo evaluates the last iterate; λ's mean over the last iterations says whether
+        # that snapshot was taken mid-swing
+        return {"final_lambda": h["final_lambda"], "at_cap": h["at_cap"], "budget": budgets[name],
+                "lambda_mean_last": c.get("lambda_mean_last"), "J_C_mean_last": c.get("J_C_mean_last"),
+                "unsafe_rate_mean_last": c.get("unsafe_rate_mean_last"),
+                "last_iterations": c.get("last_iterations")}
+
     return {
-        "seed": cfg.seed, "noise": cfg.noise, "budget": cfg.budget, "quick": cfg.quick,
+        "seed": cfg.seed, "noise": cfg.noise, "budget": con.budget, "quick": cfg.quick,
+        "constraint": {"form": "unsafe_rate" if con.unsafe_rate is not None else "mean_cost",
+                       "budget_unsafe_rate": con.unsafe_rate, "mean_cost_budget": con.mean_cost,
+                       "cost_transform": con.cost_transform,
+                       "policy_selection": "last iterate (lagrange.by_method.*.lambda_mean_last: λ's mean over "
+                                           "the last iterations)"},
         "reward_model": rm_keys(scores["reward"]),
         "cost_model": cm_keys(scores["cost"]),
         "methods": methods,
         "budgets": budgets,
-        "lagrange": {"final_lambda": histories["ppo_lag"]["final_lambda"],
-                     "at_cap": histories["ppo_lag"]["at_cap"],
-                     "max_lambda": DEMO_LAGRANGE["max_lambda"], "rule": DEMO_LAGRANGE["rule"],
-                     "by_method": {name: {"final_lambda": h["final_lambda"], "at_cap": h["at_cap"],
-                                          "budget": budgets[name]} for name, h in histories.items()
-                                   if name in budgets}},
+        "lagrange": {**lam(histories["ppo_lag"], "ppo_lag"), "max_lambda": lag["max_lambda"], "rule": lag["rule"],
+                     "by_method": {name: lam(h, name) for name, h in histories.items() if name in budgets}},
         "rl_settings": {**DEMO_RL, "iterations": cfg.rl_iterations or sizes.rl_iterations,
-                        "rollout_batch_size": sizes.rollout_batch_size, "lagrange": DEMO_LAGRANGE},
+                        "rollout_batch_size": sizes.rollout_batch_size, "lagrange": lag,
+                        "cost_model": DEMO_COST_MODEL},
         "workers": st.run.workers,
         "timings_s": st.run.timer.seconds,
     }

@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 from saferlhf import losses as L
+from saferlhf.calibration import CostCalibration, cost_calibration_for
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
 from saferlhf.errors import NonFiniteLossError
@@ -259,6 +260,10 @@ def _truncate_jsonl(path: Path, key: str, max_step: int) -> None:
     tmp.replace(path)
 
 
+# iterations averaged by SafeRLTrainer.constraint_summary (where the multiplier settled)
+LAST_ITERATIONS = 20
+
+
 class SafeRLTrainer:
     """The PPO-family trainer (TRL conventions)::
 
@@ -285,7 +290,8 @@ class SafeRLTrainer:
 
     def __init__(self, args: RLConfig, *, policy: Any = None, processing_class: Any = None, reward_model: Any = None,
                  cost_model: Any = None, train_dataset: Any = None, eval_dataset: Any = None, accelerator=None,
-                 reward_fn: ScoreFn | None = None, cost_fn: ScoreFn | None = None) -> None:
+                 reward_fn: ScoreFn | None = None, cost_fn: ScoreFn | None = None,
+                 cost_calibration: CostCalibration | None = None) -> None:
         cfg = self.args = self.cfg = args
         if cfg.algo not in ALGOS:
             raise ConfigError(f"unknown algo {cfg.algo!r}; expected one of {sorted(ALGOS)}")
@@ -310,6 +316,10 @@ class SafeRLTrainer:
         self.reward_scorer = self._scorer(reward_src, reward_fn is not None, cfg.normalize_reward, dev)
         self.cost_scorer = None if cost_src is None else self._scorer(cost_src, cost_fn is not None,
                                                                     cfg.normalize_cost, dev)
+        # The unsafe-rate form reads P(unsafe) through the cost model's calibration.json.
+        self.cost_calibration = None
+        if cfg.cost_transform == "calibrated" and cost_src is not None:
+            self.cost_calibration = cost_calibration or cost_calibration_for(cost_src)
         critics, self.critic_streams = self._build_critics(policy_model, dev)
         self._prepare(policy_model, critics)
         self.lagrange = LagrangeMultiplier(
@@ -467,7 +477,7 @@ class SafeRLTrainer:
         reward = self.reward_scorer.score(batch, prompts, texts).clone()
         cost = self.cost_scorer.score(batch, prompts, texts).clone() if self.cost_scorer is not None else None
         if cost is not None:
-            cost = transform_cost(cost, self.cfg.cost_transform)
+            cost = transform_cost(cost, self.cfg.cost_transform, self.cost_calibration)
         if self.cfg.truncation_penalty is not None:
             truncated = ~batch.ended_with_eos.to(reward.device)
             reward = reward + self.cfg.truncation_penalty * truncated.float()
@@ -815,7 +825,26 @@ class SafeRLTrainer:
         logger.close()
         self.save(out)
         return {"history": history, "final_eval": final_eval, "lambda": self.lagrange.value,
-                "at_cap": bool(self.lagrange.at_cap)}
+                "at_cap": bool(self.lagrange.at_cap), "constraint": self.constraint_summary(history)}
+
+    def constraint_summary(self, history: list[dict[str, float]], last: int = LAST_ITERATIONS) -> dict[str, Any]:
+        """What was constrained, in which units, and how the run ended. λ oscillates around
+        the value that holds the budget, so one final snapshot can sit anywhere in a swing: the
+        means over the ``last`` iterations (λ, J_C, the realised unsafe rate) say where the run
+        settled; the saved policy is the last iterate."""
+        cfg = self.cfg
+        out: dict[str, Any] = {
+            "form": "unsafe_rate" if cfg.budget_unsafe_rate is not None else "mean_cost",
+            "cost_transform": cfg.cost_transform, "budget": cfg.budget,
+            "budget_unsafe_rate": cfg.budget_unsafe_rate,
+            "calibration": self.cost_calibration.to_dict() if self.cost_calibration is not None else None,
+            "final_lambda": self.lagrange.value, "at_cap": bool(self.lagrange.at_cap), "last_iterations": last,
+        }
+        tail = history[-last:]
+        for key in ("lambda", "J_C", "cost", "unsafe_rate", "reward"):
+            vals = [h[key] for h in tail if key in h and math.isfinite(h[key])]
+            out[f"{key}_mean_last"] = float(np.mean(vals)) if vals else None
+        return out
 
     def _write_samples(self, path: Path, step: int, samples: list[dict[str, Any]]) -> None:
         if not self.accelerator.is_main_process or not samples:
@@ -855,6 +884,9 @@ class SafeRLTrainer:
         tmp_json = out / ".lagrange.json.tmp"
         tmp_json.write_text(json.dumps(
             {"final_lambda": self.lagrange.value, "at_cap": bool(self.lagrange.at_cap),
+             "budget": self.cfg.budget, "budget_unsafe_rate": self.cfg.budget_unsafe_rate,
+             "cost_transform": self.cfg.cost_transform,
+             "calibration": self.cost_calibration.to_dict() if self.cost_calibration is not None else None,
              "state": self.lagrange.state_dict()}, indent=2, default=float))
         tmp_json.replace(out / "lagrange.json")
 

@@ -273,7 +273,39 @@ class ScoreModelTrainer:
             cfg, acc, self.model, n_examples=len(train), collate=lambda idx: collate([train[i] for i in idx], acc.device),
             loss_fn=make_loss_fn(cfg, kind), evaluate=evaluate if eval_pairs else None, name=f"{kind}-model")
         self.save_model(cfg.out)
-        return {"steps": self.result.steps, "train": self.result.final_metrics, "eval": self.result.eval_metrics}
+        result = {"steps": self.result.steps, "train": self.result.final_metrics, "eval": self.result.eval_metrics}
+        if kind == "cost":
+            result["calibration"] = self.calibrate(cfg.out).to_dict()
+        return result
+
+    def calibrate(self, output_dir: str | None = None):
+        """Fit P(unsafe) = σ((c − offset)/T) (:mod:`saferlhf.calibration`) on held-out labelled
+        pairs (``calibration_data``, else ``eval_data``; else, flagged in-sample, the training
+        pairs) and write ``calibration.json`` beside the saved cost model."""
+        from saferlhf.calibration import calibrate_score_model
+        from saferlhf.data import load_pairs
+        from saferlhf.io import describe_source
+
+        cfg, acc = self.args, self.accelerator
+        if cfg.calibration_data is not None:
+            pairs = load_pairs(cfg.calibration_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record).records
+            source = describe_source(cfg.calibration_data)
+        elif self.eval_pairs:
+            pairs, source = self.eval_pairs, describe_source(cfg.eval_data)
+        else:
+            pairs, source = self.pairs, f"{describe_source(cfg.data)} (in-sample: the training pairs)"
+            acc.print("[cost-model] calibrating P(unsafe) on the training pairs (no --eval-data or "
+                      "--calibration-data): in-sample, so over-confident; refit it on held-out pairs with "
+                      "`saferlhf calibrate`")
+        model = acc.unwrap_model(self.model)
+        cal = calibrate_score_model(model, self.processor, self.template, pairs, source=source,
+                                    max_length=cfg.max_length, batch_size=max(cfg.batch_size, 32))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            cal.save(output_dir or cfg.out)
+        acc.print(f"[cost-model] calibration: T = {cal.temperature:.3f}, offset = {cal.offset:.3f} on {cal.n} "
+                  f"labelled responses (labelled unsafe rate {cal.labelled_unsafe_rate:.3f}, ECE {cal.ece:.3f})")
+        return cal
 
     def save_model(self, output_dir: str | None = None) -> Path:
         """Save the score model raw (normalisation off; its statistics go with it and RL / eval
