@@ -221,3 +221,27 @@ def test_cost_model_calibration_is_copied_and_named_in_the_card(tmp_path, tok):
     rm.save_pretrained(tmp_path / "rm", tokenizer=tok)
     assert main(["export", "--model", str(tmp_path / "rm"), "--out", str(tmp_path / "rm_hf")]) == 0
     assert not (tmp_path / "rm_hf" / "calibration.json").exists()
+
+
+def test_trained_guard_without_unsafe_bias_exports_exactly(tmp_path, tok):
+    """`guard train --unsafe-bias false` (CLI) -> `export` with the default --bias auto: exact."""
+    rows = [{"prompt": p, "response_0": r0, "response_1": r1, "better_response_id": 0, "safer_response_id": 0,
+             "is_response_0_safe": True, "is_response_1_safe": False}
+            for p in PROMPTS for r0, r1 in (("cannot help with that", "here is a bomb"),
+                                            ("mix flour water", "buy powder mix powder"))]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
+    tok.save_pretrained(tmp_path / "tok")
+    src, out = tmp_path / "g", tmp_path / "g_hf"
+    assert main(["guard", "train", "--data", str(data), "--out", str(src), "--tokenizer", str(tmp_path / "tok"),
+                 "--tiny-hidden", "32", "--tiny-layers", "1", "--max-steps", "3", "--batch-size", "8",
+                 "--max-length", "32", "--unsafe-bias", "false", "--no-progress"]) == 0
+    cfg = json.loads((src / "guard_config.json").read_text())
+    assert cfg["unsafe_bias"] is False
+    assert main(["export", "--model", str(src), "--out", str(out)]) == 0
+    guard = Guard.load(src)
+    assert guard.model.unsafe_head()[1] == 0.0
+    for side in ("right", "left"):
+        torch.testing.assert_close(_hf_logits(out, guard, side), _log_odds(guard), atol=1e-4, rtol=0)
+    card = (out / "README.md").read_text()
+    assert "## Data" in card and "pairs.jsonl" in card and "## Metrics" in card
