@@ -99,10 +99,9 @@ def test_exported_logit_is_the_guards_calibrated_log_odds(tmp_path, tok):
     assert "log-odds" in card and f"logit >= {meta['logit_threshold']:.6g}" in card and f"{threshold:.6g}" in card
     assert "category head (2 categories)" in card
     # saferlhf reads it back as a cost model: cost = the log-odds
-    from saferlhf.models.score_model import ScoreModel
-
     from saferlhf.data.collate import pad_sequences
     from saferlhf.data.templates import encode_prompt_response
+    from saferlhf.models.score_model import ScoreModel
 
     sm = ScoreModel.from_pretrained(out).eval()
     assert sm.score_type == "cost"

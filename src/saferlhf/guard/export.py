@@ -183,26 +183,28 @@ def guard_model_card(meta: dict[str, Any], check: dict[str, Any], guard) -> str:
     others = (["severity head"] if meta["not_exported"]["severity"] else []) + \
         ([f"category head ({len(cfg.categories)} categories)"] if cfg.categories else [])
     tmpl = meta["template"] or {}
+    what = "prompt" if cfg.moderation == "input" else "response (to its prompt)"
+    shifted = f" + {off:.6g}" if off else ""
+    meaning = (
+        f"**Meaning**: the single logit is the guard's calibrated log-odds that the {what} is *unsafe*: "
+        f"`logit = z / T` with `z` the unsafe head's raw logit and `T = {meta['temperature']:.6g}` the "
+        "temperature fitted on held-out data" + (f", minus a constant {off:.6g} (see Offset)" if off else "") + ". "
+        f"`P(unsafe) = sigmoid(logit{shifted})` is the `score` of `saferlhf guard moderate`. "
+        f"**Flagged unsafe** when `P(unsafe) >= {thr:.6g}` (the guard's threshold), i.e. when `logit >= {lt:.6g}`"
+        + ("" if off else " (= log(t / (1 − t)))") + "."
+    )
+    pipeline = ("`transformers.pipeline('text-classification', model=DIR)` applies a sigmoid to a single logit, "
+                "so its `score` (label `unsafe`) is P(unsafe)"
+                + (f" only after adding {off:.6g} to the logit." if off else "."))
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-classification",
         "tags: [saferlhf, safety, moderation, guard]", "---", "",
-        "# Guard unsafe score (exported by saferlhf)", "",
-        "**Meaning**: the single logit is the guard's calibrated log-odds that the "
-        + ("prompt" if cfg.moderation == "input" else "response (to its prompt)") + " is *unsafe*: "
-        f"`logit = z / T` with `z` the unsafe head's raw logit and `T = {meta['temperature']:.6g}` the "
-        "temperature fitted on held-out data" + (f", minus a constant {off:.6g} (see Offset)" if off else "")
-        + ". " + ("`P(unsafe) = sigmoid(logit)` is the `score` of `saferlhf guard moderate`. " if not off else
-                  f"`P(unsafe) = sigmoid(logit + {off:.6g})` is the `score` of `saferlhf guard moderate`. ")
-        + f"**Flagged unsafe** when `P(unsafe) >= {thr:.6g}` (the guard's threshold), i.e. when "
-        f"`logit >= {lt:.6g}`" + (" (= log(t / (1 − t)))" if not off else "") + ".", "",
-        "`transformers.pipeline('text-classification', model=DIR)` applies a sigmoid to a single logit, "
-        "so its `score` (label `unsafe`) is P(unsafe)" + (f" only after adding {off:.6g} to the logit." if off
-                                                           else "."), "",
+        "# Guard unsafe score (exported by saferlhf)", "", meaning, "", pipeline, "",
     ]
     if off:
-        lines += [f"**Offset**: the unsafe head's constant {off:.6g} could not be folded into the weights "
+        lines += [(f"**Offset**: the unsafe head's constant {off:.6g} could not be folded into the weights "
                   "(bias-free final norm and score layer; exported with `--bias drop`): guard log-odds = "
-                  f"logit + {off:.6g}.", ""]
+                  f"logit + {off:.6g}."), ""]
     if cfg.encoding == "pair":
         build = ("text: the tokenizer's own pair encoding `tok(prompt" + (")`" if cfg.moderation == "input"
                                                                            else ", response)`")
@@ -229,10 +231,19 @@ def guard_model_card(meta: dict[str, Any], check: dict[str, Any], guard) -> str:
         ])
         build += (f"; the guard keeps at most {cfg.max_length} tokens (a long response keeps its beginning, "
                   "at least half, and the prompt its end)")
+    if meta["score_type"]:
+        as_cost = (f"In saferlhf the folder also reads as a cost model (`--cost-model DIR`): cost = logit, "
+                   f"cost > 0 ⇔ P(unsafe) > {'0.5' if not off else f'σ({off:.6g})'}"
+                   + (f"; the guard's own threshold is {thr:.6g}." if abs(thr - 0.5) > 1e-12
+                      else ", the guard's threshold."))
+    else:
+        as_cost = ("saferlhf does not read this folder as a cost model: the guard scores "
+                   + ("prompts alone" if cfg.moderation == "input" else "a pair encoding")
+                   + ", not prompt + response + EOS.")
     lines += [
         "## Usage", "",
-        f"Input {build}. The logit is read at the last non-pad token (`pad_token_id` = "
-        f"{meta.get('pad_token')!r}, not EOS). Padding: {check['padding']}.", "",
+        (f"Input {build}. The logit is read at the last non-pad token (`pad_token_id` = "
+        f"{meta.get('pad_token')!r}, not EOS). Padding: {check['padding']}."), "",
         "```python", "import torch",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
         "tok = AutoTokenizer.from_pretrained(DIR); model = AutoModelForSequenceClassification.from_pretrained(DIR)",
@@ -240,19 +251,12 @@ def guard_model_card(meta: dict[str, Any], check: dict[str, Any], guard) -> str:
         "logit = model(**enc).logits[0, 0]",
         f"flagged = bool(logit >= {lt:.6g})",
         "```", "",
-        ("In saferlhf the folder also reads as a cost model (`--cost-model DIR`): cost = log-odds"
-         + (f" − {off:.6g}" if off else "") + ", cost > 0 ⇔ P(unsafe) > "
-         + ("0.5" if not off else f"σ({off:.6g})")
-         + (f"; the guard's own threshold is {thr:.6g}." if abs(thr - 0.5) > 1e-12 else ", the guard's threshold.")
-         if meta["score_type"] else
-         "saferlhf does not read this folder as a cost model: the guard scores "
-         + ("prompts alone" if cfg.moderation == "input" else "a pair encoding")
-         + ", not prompt + response + EOS."), "",
+        as_cost, "",
         "## Export", "",
-        f"* guard: moderation `{cfg.moderation}`, encoding `{cfg.encoding}`, pooling `{cfg.pooling}`, "
-        f"taxonomy `{cfg.taxonomy}`",
-        f"* exported: the unsafe head only (scale 1/T, constant {meta['fold']['constant']:.6g} -> "
-        f"{meta['fold']['constant_goes_to']}); not exported: {', '.join(others) or 'none'}",
+        (f"* guard: moderation `{cfg.moderation}`, encoding `{cfg.encoding}`, pooling `{cfg.pooling}`, "
+        f"taxonomy `{cfg.taxonomy}`"),
+        (f"* exported: the unsafe head only (scale 1/T, constant {meta['fold']['constant']:.6g} -> "
+        f"{meta['fold']['constant_goes_to']}); not exported: {', '.join(others) or 'none'}"),
         (f"* check: max |logit − guard log-odds| = {check['max_abs_diff']:.3g} on {check['n_texts']} texts, "
          f"{', '.join(check['by_padding'])} padded"),
         f"* source: `{meta.get('source')}`", "",
