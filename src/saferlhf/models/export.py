@@ -39,6 +39,10 @@ others); SmolLM2 pads with its EOS ``<|im_end|>`` and is exported padding with
 with rotary embeddings (every backbone above but GPT-2/OPT) that shifts every real token by the
 same amount and leaves scores unchanged; absolute-position backbones should be fed right-padded.
 
+A guard folder (``guard_config.json``) is exported by :mod:`saferlhf.guard.export`: its
+calibrated unsafe log-odds, with the same fold and check. A cost model's ``calibration.json``
+is copied into the export unchanged.
+
 In: :meth:`ScoreModel.from_pretrained` reads such a folder (or a hub id of one) and
 :meth:`ScoreModel.from_sequence_classification` wraps an in-memory model, sharing its weights.
 """
