@@ -112,12 +112,13 @@ def test_exported_logit_is_the_guards_calibrated_log_odds(tmp_path, tok):
     torch.testing.assert_close(cost, expected, atol=1e-4, rtol=0)
 
 
-def test_guard_folder_never_loads_as_sequence_classification(tmp_path, tok):
+@pytest.mark.parametrize("backbone", ["llama", "gpt2"])
+def test_guard_folder_never_loads_as_sequence_classification(tmp_path, tok, backbone):
     from transformers import AutoModelForSequenceClassification
 
-    src = _save(_guard(tok), tmp_path / "g", tok)
+    src = _save(_guard(tok, backbone=backbone), tmp_path / "g", tok)
     assert json.loads((src / "config.json").read_text())["architectures"] == ["SaferlhfGuardModel"]
-    for kw in ({}, {"num_labels": 1}):
+    for kw in ({}, {"num_labels": 1}, {"num_labels": 3}):
         with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
             AutoModelForSequenceClassification.from_pretrained(src, **kw)
 
@@ -131,6 +132,8 @@ def test_unfoldable_head_bias_refuses_or_drops_with_the_offset(tmp_path, tok, ca
         err = capsys.readouterr().err
         assert "RMSNorm" in err and "--unsafe-bias false" in err and "--bias drop" in err
         assert not out.exists()
+    assert main(["export", "--model", str(src), "--out", str(out), "--normalize", "on"]) == 2
+    assert "applies to reward / cost models only" in capsys.readouterr().err
     assert main(["export", "--model", str(src), "--out", str(out), "--bias", "drop"]) == 0
     meta = json.loads((out / "saferlhf.json").read_text())
     offset = 0.8 / T
