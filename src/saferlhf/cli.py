@@ -47,7 +47,8 @@ STAGES: list[Stage] = [
     Stage("demo", f"{_S}:DemoConfig", "saferlhf.recipes.text_demo:run_demo_cli",
           "the whole Safe RLHF pipeline in the verifiable world, with a report (what `make demo` runs)"),
     Stage("export", f"{_S}:ExportConfig", "saferlhf.models.export:run_export",
-          "write a reward/cost model as the backbone's standard *ForSequenceClassification (num_labels=1) + model card"),
+          "write a reward/cost model or a guard's unsafe log-odds as the backbone's standard "
+          "*ForSequenceClassification (num_labels=1) + model card"),
     Stage("rl", f"{_S}:RLConfig", "saferlhf.trainers.rl:run_rl",
           "Safe RLHF: ppo | ppo_lag | reward_shaping | grpo_lag from an SFT policy"),
     Stage("plan", f"{_S}:PlanConfig", "saferlhf.plan:run_plan",

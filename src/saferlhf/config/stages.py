@@ -405,17 +405,19 @@ class EvalScoreModelConfig:
 
 @dataclass(kw_only=True)
 class ExportConfig:
-    """``saferlhf export``: a reward / cost model as the backbone's ``*ForSequenceClassification``."""
+    """``saferlhf export``: a reward / cost model, or a guard's unsafe log-odds, as the backbone's
+    ``*ForSequenceClassification``."""
 
-    model: str = option(help="saferlhf score model dir (reward or cost), PKU Beaver dir, or hub id")
+    model: str = option(help="saferlhf score model dir (reward or cost), guard dir (its unsafe log-odds), "
+                             "PKU Beaver dir, or hub id")
     out: str = option(help="output dir: AutoModelForSequenceClassification-loadable, with tokenizer and README.md")
     normalize: Literal["saved", "on", "off"] = option(
         "saved", help="which score the logit reproduces: the saved setting, normalised, or raw")
     bias: Literal["auto", "exact", "drop"] = option(
         "auto", help="the head's constant (bias, normaliser shift): auto = exact where the backbone allows, "
                      "else dropped for a reward model (ranking unchanged) and an error for a cost model "
-                     "(its sign means unsafe); exact = an error whenever it cannot be folded exactly; drop = fold "
-                     "it where exact, else drop it and record it")
+                     "or a guard (the sign / σ(logit) is the meaning); exact = an error whenever it cannot be "
+                     "folded exactly; drop = fold it where exact, else drop it and record it")
     tolerance: float = option(1e-4, help="largest |logit - score| accepted by the check run after writing")
 
 

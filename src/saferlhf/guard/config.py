@@ -58,6 +58,9 @@ class GuardTrainConfig(TrainConfig):
     severity_weight: float = option(1.0, ge=0, help="loss weight of the severity head")
     category_weight: float = option(1.0, ge=0, help="loss weight of the category head")
     threshold: float = option(0.5, help="P(unsafe) at or above which a text is flagged")
+    unsafe_bias: bool = option(
+        True, help="give the unsafe head a bias; false makes `saferlhf export` of the unsafe logit exact on "
+                   "RMSNorm backbones (Llama, Qwen2, SmolLM2), whose HF sequence-classification head has no bias")
     target_fpr: float | None = option(
         None, help="pick the threshold on the held-out split: the lowest with a false-positive rate <= this")
     freeze_embeddings: bool | None = option(

@@ -2,6 +2,8 @@
 
     pooled   = pool(backbone(**inputs).last_hidden_state)             (B, H)
     logits   = Linear(H, 1 + 4 + K)(pooled) = [unsafe | severity 0..3 | K categories]
+               (``unsafe_bias: false``: the unsafe row has no bias, so ``saferlhf export``
+               folds it exactly into a bias-free HF ``score`` layer on any backbone)
     score    = σ(unsafe_logit / T)                                     P(unsafe), calibrated
 
 The backbone is any Hugging Face base model loaded with ``load_backbone`` (a tiny Llama from
@@ -83,6 +85,7 @@ class GuardConfig:
     severity_bias: list[float] = field(default_factory=list)
     category_bias: list[float] = field(default_factory=list)
     heads: dict[str, bool] = field(default_factory=lambda: {"unsafe": True, "severity": True, "categories": True})
+    unsafe_bias: bool = True  # false: the unsafe logit is w·h (no constant), exportable exactly
     backbone_model_type: str | None = None
     backbone_class: str | None = None
     vlm_style: str | None = None  # llava | qwen2_vl: an image + text guard (None: text-only)
@@ -131,6 +134,11 @@ class GuardModel(nn.Module):
         with torch.no_grad():
             nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
             self.head.bias.zero_()
+        # 0 on the unsafe row when unsafe_bias is off: that bias entry is then never used and
+        # gets no gradient (it stays at its initial 0)
+        bias_mask = torch.ones_like(self.head.bias)
+        bias_mask[0] = float(config.unsafe_bias)
+        self.register_buffer("_bias_mask", bias_mask, persistent=False)
         params = inspect.signature(backbone.forward).parameters
         self._accepts = set(params)
         self._pass_position_ids = "position_ids" in params and not builds_own_positions(backbone.config)
@@ -153,6 +161,10 @@ class GuardModel(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
+    def unsafe_head(self) -> tuple[torch.Tensor, float]:
+        """``(w, b)`` of the raw unsafe logit ``z = w·h + b`` (``b`` = 0 with ``unsafe_bias`` off)."""
+        return self.head.weight[0].detach(), float((self.head.bias * self._bias_mask)[0].detach())
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> GuardOutput:
         """Logits of every head; extra kwargs (``token_type_ids``, ``pixel_values`` …) go to the backbone."""
@@ -167,7 +179,8 @@ class GuardModel(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         pooled = pool(hidden, attention_mask, self.guard_config.pooling)
-        logits = self.head(pooled.to(self.head.weight.dtype)).float()
+        logits = nn.functional.linear(pooled.to(self.head.weight.dtype), self.head.weight,
+                                      self.head.bias * self._bias_mask).float()
         return GuardOutput(
             unsafe_logits=logits[:, 0],
             severity_logits=logits[:, 1:1 + N_SEVERITY],

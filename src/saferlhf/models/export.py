@@ -39,6 +39,10 @@ others); SmolLM2 pads with its EOS ``<|im_end|>`` and is exported padding with
 with rotary embeddings (every backbone above but GPT-2/OPT) that shifts every real token by the
 same amount and leaves scores unchanged; absolute-position backbones should be fed right-padded.
 
+A guard folder (``guard_config.json``) is exported by :mod:`saferlhf.guard.export`: its
+calibrated unsafe log-odds, with the same fold and check. A cost model's ``calibration.json``
+is copied into the export unchanged.
+
 In: :meth:`ScoreModel.from_pretrained` reads such a folder (or a hub id of one) and
 :meth:`ScoreModel.from_sequence_classification` wraps an in-memory model, sharing its weights.
 """
@@ -50,6 +54,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,7 @@ from saferlhf.models.seqcls import (  # noqa: F401
 logger = logging.getLogger(__name__)
 
 EXPORT_META = "saferlhf.json"
+CALIBRATION_FILE = "calibration.json"  # a cost model's c -> P(unsafe) map (saferlhf.calibration)
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm",
                      "decoder.final_layer_norm", "model.norm")
 _CHECK_TEXTS = (
@@ -196,11 +202,13 @@ def export_sequence_classification(
     tolerance: float = 1e-4,
     source: str | None = None,
     card_info: dict[str, Any] | None = None,
+    extra_files: list[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """Write ``model`` (a :class:`ScoreModel`, ``score_dim`` 1) to ``out`` as the backbone's
     ``*ForSequenceClassification`` (module docstring); returns a report (fold, offset, check).
 
     ``normalize``: None = the model's saved setting. ``bias``: ``auto | exact | drop``.
+    ``extra_files`` are copied into ``out`` unchanged (a cost model's ``calibration.json``).
     The folder is written atomically and checked before it is moved into place: reloaded with
     ``AutoModelForSequenceClassification`` (no missing/unexpected/mismatched keys) and its
     logits compared with the model's scores on right- and (rotary backbones) left-padded batches.
@@ -244,6 +252,7 @@ def export_sequence_classification(
         "score_offset": dropped,
         "fold": {"scale": a, "constant": offset, "constant_goes_to": decision},
         "pad_token": tok.pad_token,
+        "files": sorted(Path(f).name for f in extra_files),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -259,6 +268,8 @@ def export_sequence_classification(
             seq.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            for f in extra_files:
+                shutil.copyfile(f, tmp / Path(f).name)
             report["check"] = check_export(tmp, reference, offset=dropped, tolerance=tolerance,
                                            dtype=model.dtype)
             (tmp / "README.md").write_text(model_card(meta, report["check"], card_info or {}))
@@ -369,6 +380,10 @@ def model_card(meta: dict[str, Any], check: dict[str, Any], info: dict[str, Any]
                   "(bias-free final norm and score layer): saferlhf's score = logit + "
                   f"{off:.6g}." + (f" Unsafe means logit > {-off:.6g}." if kind == "cost" else
                                    " Rankings are unaffected."), ""]
+    if CALIBRATION_FILE in meta.get("files", []):
+        lines += [f"**Calibration**: `{CALIBRATION_FILE}` maps the logit c to P(unsafe) = "
+                  "σ((c − offset)/temperature)" + (f", with c = logit + {meta['score_offset']:.6g} (the offset above)"
+                                                   if meta.get("score_offset") else "") + ".", ""]
     tmpl = meta.get("template") or {}
     fmt = ("the tokenizer's chat template (user turn, generation prompt, then the response, then EOS)"
            if tmpl.get("kind") == "chat" else f"`{tmpl.get('fmt', '')}` followed by ' ' + response + EOS")
@@ -414,6 +429,8 @@ def run_export(cfg) -> dict[str, Any]:
 
     from .score_model import ScoreModel
 
+    if is_guard_dir(cfg.model):
+        return _run_guard_export(cfg)
     if is_vlm_dir(cfg.model):
         raise ConfigError(f"--model {cfg.model}: a vision-language score model; transformers has no "
                           "*ForSequenceClassification for it")
@@ -422,9 +439,48 @@ def run_export(cfg) -> dict[str, Any]:
         raise ConfigError(f"--model {cfg.model}: a {model.score_type} model; export takes reward and cost models")
     tokenizer = load_processor(cfg.model)
     normalize = None if cfg.normalize == "saved" else cfg.normalize == "on"
+    from saferlhf.hub import resolve_model
+
+    calibration = Path(resolve_model(cfg.model)) / CALIBRATION_FILE
+    extra = [calibration] if model.score_type == "cost" and calibration.is_file() else []
+    if extra and normalize is not None and normalize != model.do_normalize:
+        raise ConfigError(f"--model {cfg.model}: its {CALIBRATION_FILE} maps the score as saved "
+                          f"({'normalised' if model.do_normalize else 'raw'}), which --normalize {cfg.normalize} "
+                          "changes; export with --normalize saved (or remove the file to export without it)")
     report = export_sequence_classification(model, cfg.out, tokenizer=tokenizer, normalize=normalize,
-                                            bias=cfg.bias, tolerance=cfg.tolerance, source=str(cfg.model))
+                                            bias=cfg.bias, tolerance=cfg.tolerance, source=str(cfg.model),
+                                            extra_files=extra)
     print(f"exported {model.score_type} model to {cfg.out}: max |logit - score| = "
           f"{report['check']['max_abs_diff']:.3g}; constant -> {report['fold']['constant_goes_to']}"
           + (f" (offset {report['score_offset']:.6g} dropped)" if report["score_offset"] else ""))
+    return 0
+
+
+def is_guard_dir(path: str | os.PathLike) -> bool:
+    """A saferlhf guard folder (``guard_config.json``), local or a cached hub id."""
+    from saferlhf.guard.model import GUARD_CONFIG_NAME
+    from saferlhf.hub import resolve_model
+
+    try:
+        return (Path(resolve_model(path)) / GUARD_CONFIG_NAME).is_file()
+    except FileNotFoundError:
+        return False
+
+
+def _run_guard_export(cfg) -> int:
+    """``saferlhf export`` of a guard folder: its calibrated unsafe log-odds (saferlhf.guard.export)."""
+    from saferlhf.config import ConfigError
+    from saferlhf.guard.export import export_guard_unsafe
+    from saferlhf.guard.model import Guard
+    from saferlhf.hub import resolve_model
+
+    if cfg.normalize != "saved":
+        raise ConfigError(f"--model {cfg.model} is a guard: --normalize applies to reward / cost models only "
+                          "(the guard's logit is divided by its temperature T, always)")
+    guard = Guard.load(resolve_model(cfg.model))
+    report = export_guard_unsafe(guard, cfg.out, bias=cfg.bias, tolerance=cfg.tolerance, source=str(cfg.model))
+    print(f"exported the guard's unsafe log-odds to {cfg.out}: max |logit - guard log-odds| = "
+          f"{report['check']['max_abs_diff']:.3g}; flagged when logit >= {report['logit_threshold']:.6g} "
+          f"(P(unsafe) >= {report['threshold']:.6g})"
+          + (f"; constant {report['score_offset']:.6g} dropped" if report["score_offset"] else ""))
     return 0

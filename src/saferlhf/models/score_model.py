@@ -697,10 +697,16 @@ class ScoreModel(nn.Module):
         if is_sequence_classification_dir(path):
             from .seqcls import load_sequence_classification
 
-            seq = load_sequence_classification(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                               attn_implementation=attn_implementation)
             meta_path = os.path.join(path, _META_FILE)
             meta = _read_json(meta_path) if os.path.isfile(meta_path) else {}
+            if meta.get("kind") == "guard_unsafe_export" and not meta.get("score_type"):
+                from saferlhf.config import ConfigError
+
+                raise ConfigError(f"{path}: an exported guard that scores {meta.get('moderation')} text "
+                                  f"({meta.get('encoding')} encoding), not prompt + response + EOS; it "
+                                  "cannot serve as a reward / cost model (use the guard folder with --guard)")
+            seq = load_sequence_classification(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                               attn_implementation=attn_implementation)
             if normalize:
                 logger.warning("%s: a *ForSequenceClassification model has no normaliser; "
                                "normalize=True has no effect", path)

@@ -195,7 +195,7 @@ def build_guard_model(cfg: GuardTrainConfig, records: Sequence[GuardRecord]) -> 
     gcfg = GuardConfig(
         categories=categories, taxonomy=taxonomy, moderation=moderation, pooling=pooling, encoding=encoding,
         template=template.to_dict() if template is not None else None, max_length=cfg.max_length,
-        threshold=cfg.threshold,
+        threshold=cfg.threshold, unsafe_bias=cfg.unsafe_bias,
         heads={"unsafe": True, "severity": any(r.severity is not None for r in records),
                "categories": bool(categories)},
         vlm_style=tokenizer.style if multimodal else None,
