@@ -42,13 +42,18 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 
-def make_accelerator(precision: str = "auto", *, grad_accum: int = 1, cpu: bool | None = None) -> Accelerator:
-    """An Accelerator with bf16 where the hardware has it (``precision='auto'``)."""
+def mixed_precision_of(precision: str = "auto") -> str:
+    """accelerate's ``mixed_precision`` for a run's ``precision``: bf16 where the hardware has
+    it under ``auto``, else ``no``."""
     if precision == "auto":
         use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        mixed = "bf16" if use_bf16 else "no"
-    else:
-        mixed = {"fp32": "no", "bf16": "bf16"}[precision]
+        return "bf16" if use_bf16 else "no"
+    return {"fp32": "no", "bf16": "bf16"}[precision]
+
+
+def make_accelerator(precision: str = "auto", *, grad_accum: int = 1, cpu: bool | None = None) -> Accelerator:
+    """An Accelerator with bf16 where the hardware has it (``precision='auto'``)."""
+    mixed = mixed_precision_of(precision)
     kwargs: dict[str, Any] = {"mixed_precision": mixed, "gradient_accumulation_steps": grad_accum}
     if cpu is None:
         # torchrun on a machine without GPUs: join the processes with gloo (saferlhf.distributed).
