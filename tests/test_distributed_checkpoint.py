@@ -65,3 +65,28 @@ def test_each_rank_resumes_its_own_rng_state(tmp_path):
         assert r[i]["step"] == 1
         assert r[i]["after_resume"] == r[i]["after_save"], f"rank {i}"
     assert r[0]["after_save"] != r[1]["after_save"]  # the ranks' streams differ: each needs its own file
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_folder(tmp_path):
+    import errno
+
+    import pytest
+    from accelerate import Accelerator
+
+    from saferlhf.errors import CheckpointError
+    from saferlhf.trainers.common import TrainerState, latest_checkpoint, save_training_checkpoint
+
+    acc = Accelerator(cpu=True)
+    model, opt = acc.prepare(torch.nn.Linear(3, 1), torch.optim.AdamW(torch.nn.Linear(3, 1).parameters()))
+    save_training_checkpoint(acc, tmp_path, TrainerState(step=1, micro_step=1))
+    real = acc.save_state
+
+    def full_disk(path, **kw):
+        real(path, **kw)
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    acc.save_state = full_disk
+    with pytest.raises(CheckpointError, match="step-2.*No space left on device.*step-1 is intact"):
+        save_training_checkpoint(acc, tmp_path, TrainerState(step=2, micro_step=2))
+    assert latest_checkpoint(tmp_path).name == "step-1"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1"]
