@@ -235,7 +235,14 @@ changed = {}
 for n, m in [("policy", tr.policy), *tr.critics.items()]:
     after = acc.get_state_dict(m)
     changed[n] = any(not torch.equal(after[k].float(), before[n][k]) for k in before[n])
-print("RESULT " + json.dumps({
+from safetensors.torch import load_file
+# the files themselves (from_pretrained in this process would load under ZeRO-3's zero.Init)
+saved = load_file(str(root / "out" / "policy" / "model.safetensors"))
+gathered = acc.get_state_dict(tr.policy)
+saved_ok = all(torch.equal(saved[k].float(), v.float()) for k, v in gathered.items() if k in saved)
+critic = load_file(str(root / "out" / "reward_critic" / "model.safetensors"))
+critic_ok = all(v.numel() > 0 for v in critic.values())
+print("RESULT " + json.dumps({"saved_policy_matches": saved_ok and len(saved) > 0, "critic_ok": critic_ok,
     "type": str(acc.distributed_type), "plugins": list(acc.state.deepspeed_plugins),
     "engines": {n: type(m).__name__ for n, m in [("policy", tr.policy), *tr.critics.items()]},
     "frozen": sorted(tr._frozen_engines), "stage": acc.state.deepspeed_plugin.zero_stage,
@@ -266,3 +273,5 @@ def test_zero3_rl_trains_with_real_deepspeed_engines(tmp_path):
     assert all(r["changed"].values()), r["changed"]
     assert len(r["steps"]) == 2
     assert r["ckpt"] == ["step-1"]
+    # the final folders hold the gathered weights (ZeRO-3 leaves the local parameters empty)
+    assert r["saved_policy_matches"] and r["critic_ok"]

@@ -354,6 +354,25 @@ def backward_step(accelerator: Any, model: Any, optimizer: Any, loss: Any, *, ma
     return norm
 
 
+def inference_context() -> Any:
+    """``torch.inference_mode()``, or ``torch.no_grad()`` while a ZeRO-3 config is active
+    (transformers' ``is_deepspeed_zero3_enabled``, which :func:`prepare_models` leaves set to
+    the policy's plugin).
+
+    Under ZeRO-3 a forward gathers the partitioned weights into buffers DeepSpeed keeps and
+    reuses; gathered inside inference mode they become inference tensors, and the next
+    training forward fails ("Inference tensors cannot be saved for backward"; measured with 2
+    ZeRO-3 ranks on CPU: rollouts and old log-probs under inference mode, then the PPO update).
+    ``no_grad`` computes the same numbers."""
+    import torch
+
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return torch.inference_mode()
+    return torch.no_grad() if is_deepspeed_zero3_enabled() else torch.inference_mode()
+
+
 # ----------------------------------------------------------------------------- saving
 def gathered_state_dict(accelerator: Any, model: Any) -> dict[str, Any]:
     """The full state dict of a prepared model, gathered from every shard (FSDP / ZeRO-3).

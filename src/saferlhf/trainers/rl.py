@@ -69,7 +69,15 @@ import torch
 from saferlhf import losses as L
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
-from saferlhf.distributed import backward_step, make_rl_accelerator, prepare_models, rl_model_roles, shard_frozen_models
+from saferlhf.distributed import (
+    backward_step,
+    full_state_dict_if_sharded,
+    inference_context,
+    make_rl_accelerator,
+    prepare_models,
+    rl_model_roles,
+    shard_frozen_models,
+)
 from saferlhf.errors import NonFiniteLossError
 from saferlhf.hub import hub_data_options
 from saferlhf.io import atomic_dir, describe_source
@@ -518,7 +526,7 @@ class SafeRLTrainer:
         lp_vision = self._logprob_vision(batch.sequences, batch.image_inputs)
         critic_vision = self._critic_vision(batch.sequences, batch.image_inputs)
         reuse = reuses_training_logprobs(cfg, self.algo, len(batch), iteration)
-        with torch.inference_mode():  # each frozen / old model runs once per rollout batch
+        with inference_context():  # each frozen / old model runs once per rollout batch (no_grad under ZeRO-3)
             self.policy.eval()
             logp_old = None if reuse else forward_logprobs(
                 self.policy, batch.sequences, batch.attention_mask, prompt_length=P, temperature=cfg.temperature,
@@ -836,15 +844,17 @@ class SafeRLTrainer:
         (default ``<out>/policy``); on the main process only."""
         out = Path(output_dir) if output_dir is not None else Path(self.cfg.out) / "policy"
         self.accelerator.wait_for_everyone()
+        full = full_state_dict_if_sharded(self.accelerator, self.policy)  # ZeRO-3 / FSDP: on every rank
         if self.accelerator.is_main_process:
-            self._save_policy(out)
+            self._save_policy(out, full)
         return out
 
-    def _save_policy(self, out: Path) -> None:
+    def _save_policy(self, out: Path, state_dict: dict[str, Any] | None = None) -> None:
         save_policy(self.accelerator.unwrap_model(self.policy), self.processor, out, template=self.template,
                     meta={"stage": f"rl-{self.cfg.algo}", "iterations": self.state.step,
                           "lambda": self.lagrange.value,
-                          "sampling": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}})
+                          "sampling": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}},
+                    state_dict=state_dict)
 
     def save(self, out: Path) -> None:
         """Final artefacts: ``policy/`` (merged when LoRA), ``{reward,cost}_critic/`` (or
@@ -852,13 +862,16 @@ class SafeRLTrainer:
         ``lagrange.json`` — each written atomically, on the main process only."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        # Sharded weights (ZeRO-3 / FSDP) are gathered collectively first; None when unsharded.
+        policy_state = full_state_dict_if_sharded(acc, self.policy)
+        critic_states = {name: full_state_dict_if_sharded(acc, c) for name, c in self.critics.items()}
         if not acc.is_main_process:
             return
         out = Path(out)
-        self._save_policy(out / "policy")
+        self._save_policy(out / "policy", policy_state)
         for name, critic in self.critics.items():
             with atomic_dir(out / f"{name}_critic") as tmp:
-                acc.unwrap_model(critic).save_pretrained(tmp)
+                acc.unwrap_model(critic).save_pretrained(tmp, state_dict=critic_states[name])
         tmp_json = out / ".lagrange.json.tmp"
         tmp_json.write_text(json.dumps(
             {"final_lambda": self.lagrange.value, "at_cap": bool(self.lagrange.at_cap),
