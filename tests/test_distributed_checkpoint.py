@@ -32,7 +32,11 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
     from accelerate import Accelerator
 
-    from saferlhf.trainers.common import TrainerState, load_training_checkpoint, save_training_checkpoint
+    from saferlhf.trainers.common import (
+        TrainerState,
+        load_training_checkpoint,
+        save_training_checkpoint,
+    )
 
     acc = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 1)
@@ -77,7 +81,8 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_folder(tmp_pa
     from saferlhf.trainers.common import TrainerState, latest_checkpoint, save_training_checkpoint
 
     acc = Accelerator(cpu=True)
-    model, opt = acc.prepare(torch.nn.Linear(3, 1), torch.optim.AdamW(torch.nn.Linear(3, 1).parameters()))
+    layer = torch.nn.Linear(3, 1)
+    acc.prepare(layer, torch.optim.AdamW(layer.parameters()))
     save_training_checkpoint(acc, tmp_path, TrainerState(step=1, micro_step=1))
     real = acc.save_state
 
