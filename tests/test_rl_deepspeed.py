@@ -224,8 +224,10 @@ import rl_toy as T
 from pathlib import Path
 from saferlhf.trainers.rl import SafeRLTrainer
 root = Path(sys.argv[1])
-cfg = T.toy_config(root / "policy-llama-0", root / "prompts.jsonl", root / "out", iterations=2,
-                   rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4, save_every=1)
+out = root / sys.argv[5]
+cfg = T.toy_config(root / "policy-llama-0", root / "prompts.jsonl", out, iterations=int(sys.argv[3]),
+                   rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4, save_every=1,
+                   resume=sys.argv[4] == "resume")
 tr = SafeRLTrainer(cfg, reward_fn=T.reward_fn, cost_fn=T.cost_fn)
 acc = tr.accelerator
 before = {n: {k: v.float().clone() for k, v in acc.get_state_dict(m).items()}
@@ -237,17 +239,18 @@ for n, m in [("policy", tr.policy), *tr.critics.items()]:
     changed[n] = any(not torch.equal(after[k].float(), before[n][k]) for k in before[n])
 from safetensors.torch import load_file
 # the files themselves (from_pretrained in this process would load under ZeRO-3's zero.Init)
-saved = load_file(str(root / "out" / "policy" / "model.safetensors"))
+saved = load_file(str(out / "policy" / "model.safetensors"))
 gathered = acc.get_state_dict(tr.policy)
 saved_ok = all(torch.equal(saved[k].float(), v.float()) for k, v in gathered.items() if k in saved)
-critic = load_file(str(root / "out" / "reward_critic" / "model.safetensors"))
+critic = load_file(str(out / "reward_critic" / "model.safetensors"))
 critic_ok = all(v.numel() > 0 for v in critic.values())
 print("RESULT " + json.dumps({"saved_policy_matches": saved_ok and len(saved) > 0, "critic_ok": critic_ok,
     "type": str(acc.distributed_type), "plugins": list(acc.state.deepspeed_plugins),
     "engines": {n: type(m).__name__ for n, m in [("policy", tr.policy), *tr.critics.items()]},
     "frozen": sorted(tr._frozen_engines), "stage": acc.state.deepspeed_plugin.zero_stage,
     "changed": changed, "steps": [h["reward"] for h in hist],
-    "ckpt": sorted(p.name for p in (root / "out" / "checkpoints").iterdir())}))
+    "ckpt": sorted(p.name for p in (out / "checkpoints").iterdir()),
+    "metric_steps": [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]}))
 """
 
 
@@ -261,17 +264,31 @@ def test_zero3_rl_trains_with_real_deepspeed_engines(tmp_path):
     env = dict(os.environ, **launch_env("zero3"), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _RUN,
-                           str(tmp_path), str(ROOT / "tests")], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    r = json.loads(lines[-1][len("RESULT "):])
+
+    def run(iterations: int, mode: str, out: str) -> dict:
+        proc = subprocess.run([sys.executable, "-c", _RUN, str(tmp_path), str(ROOT / "tests"), str(iterations), mode,
+                               out], env=env, capture_output=True, text=True, timeout=600, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+        return json.loads(lines[-1][len("RESULT "):])
+
+    r = run(2, "fresh", "out")
     assert r["type"].endswith("DEEPSPEED") and r["stage"] == 3
     assert r["engines"] == {"policy": "DeepSpeedEngine", "reward": "DeepSpeedEngine", "cost": "DeepSpeedEngine"}
     assert r["frozen"] == ["reference"]
     assert all(r["changed"].values()), r["changed"]
-    assert len(r["steps"]) == 2
-    assert r["ckpt"] == ["step-1"]
+    assert len(r["steps"]) == 2 and r["metric_steps"] == [1, 2]
+    assert r["ckpt"] == ["step-1"]  # the three trained engines' states (frozen engines left out)
     # the final folders hold the gathered weights (ZeRO-3 leaves the local parameters empty)
     assert r["saved_policy_matches"] and r["critic_ok"]
+
+    # resume from step 1 to 3 == 3 iterations straight (engine and optimiser states restored)
+    resumed = run(3, "resume", "out")
+    assert resumed["metric_steps"] == [1, 2, 3] and resumed["ckpt"] == ["step-1", "step-2"]
+    straight = run(3, "fresh", "straight")
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "out" / "policy" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "policy" / "model.safetensors"))
+    assert straight["metric_steps"] == [1, 2, 3] and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
