@@ -21,6 +21,8 @@ shards the frozen ones with :func:`shard_frozen_models`. ``accelerator.backward`
 the engine prepared last (and steps it too), so the trainers step each trained engine through
 :func:`backward_step` (``engine.backward`` / ``engine.step``) instead. FSDP2 also takes one
 model per ``prepare`` call, so :func:`prepare_models` prepares one model at a time there too.
+Under ZeRO-3 the no-grad forwards (rollouts, old / reference log-probs) run under ``no_grad``
+rather than ``inference_mode`` (:func:`inference_context`).
 
 CPU launches. ``accelerate launch`` with ``ddp.yaml`` / ``fsdp.yaml`` on a machine without a
 GPU starts the processes with torchrun but accelerate then sees no device backend and
