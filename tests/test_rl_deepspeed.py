@@ -74,6 +74,15 @@ def test_launch_env_names_the_strategy_and_plugins_build_under_it(monkeypatch):
                                                            "reward_model": False, "cost_model": False}
 
 
+def test_deepspeed_launch_without_deepspeed_is_a_config_error(monkeypatch):
+    import saferlhf.distributed as D
+    from saferlhf.config import ConfigError
+
+    monkeypatch.setattr(D, "deepspeed_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"DeepSpeed \(zero3.*saferlhf\[deepspeed\]"):
+        D.make_rl_accelerator("fp32", roles=rl_model_roles(), env=launch_env("zero3"))
+
+
 # ----------------------------------------------------------------------------- recording accelerator
 
 

@@ -227,6 +227,12 @@ def deepspeed_launch_strategy(env: Mapping[str, str] | None = None) -> Strategy 
     return strategy_of_accelerate_config(data)
 
 
+def deepspeed_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
 def make_rl_accelerator(precision: str = "auto", *, roles: Mapping[str, bool], micro_batch_size: int = 1,
                         max_grad_norm: float = 1.0, env: Mapping[str, str] | None = None) -> Any:
     """The RL trainer's Accelerator. Under a DeepSpeed launch: one plugin per role of ``roles``
@@ -239,6 +245,12 @@ def make_rl_accelerator(precision: str = "auto", *, roles: Mapping[str, bool], m
     strategy = deepspeed_launch_strategy(env)
     if strategy is None:
         return make_accelerator(precision)
+    if not deepspeed_installed():
+        from saferlhf.config import ConfigError
+
+        raise ConfigError(f"the launch asks for DeepSpeed ({strategy}: ACCELERATE_USE_DEEPSPEED=true) but the "
+                          "deepspeed package is not installed; install it with `pip install 'saferlhf[deepspeed]'`, "
+                          "or launch with configs/accelerate/ddp.yaml or fsdp.yaml")
     from accelerate import Accelerator
 
     mixed = mixed_precision_of(precision)
