@@ -71,6 +71,25 @@ def test_sft_two_processes(sft):
     # 64 examples, 8 per process per step, 2 processes: a quarter of an epoch per step
     assert records[0]["train/epoch"] == pytest.approx(0.25)
     assert (sft / "COMPLETE").is_file() and (sft / "checkpoints/step-2/COMPLETE").is_file()
+    # one schedule step per optimiser step (accelerate's prepared scheduler would step once per
+    # process: a 4-step cosine then logged lr, 0, lr, ... on 2 processes)
+    import torch
+
+    from saferlhf.trainers.common import make_scheduler
+
+    run = json.loads((sft / "run_config.json").read_text())
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=run["lr"])
+    sched = make_scheduler(opt, kind=run["lr_scheduler"], total_steps=4, warmup_ratio=run["warmup_ratio"])
+    expected = []
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        expected.append(sched.get_last_lr()[0])
+    assert [r["train/lr"] for r in records] == pytest.approx(expected)
+    assert len(set(expected)) == 4
+    # each process's RNG state is in the checkpoint (rank 1's was missing: save_state ran on rank 0 only)
+    assert {p.name for p in (sft / "checkpoints/step-2").glob("random_states_*.pkl")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}
     model = AutoModelForCausalLM.from_pretrained(sft)
     assert model.config.num_hidden_layers == 2
 

@@ -2,7 +2,7 @@
 
 Each rank samples its own prompts; the multiplier's window gathers every rank's episode costs,
 so both ranks compute the same J_C (the mean over all of them) and hold the same λ; DDP keeps
-the policies identical; only rank 0 writes checkpoints and final artefacts.
+the policies identical; checkpoints are collective (each rank's RNG state), final artefacts rank 0's.
 """
 
 from __future__ import annotations
@@ -47,9 +47,13 @@ def test_two_processes_share_j_c_and_lambda_and_only_rank0_writes(tmp_path):
     # DDP: one update, identical weights.
     assert abs(r0["checksum"] - r1["checksum"]) < 1e-6
 
-    # Only rank 0 writes: the step-2 checkpoint and the final policy.
-    assert r0["save_state_calls"] == 1 and r1["save_state_calls"] == 0
+    # The checkpoint is collective: both ranks save their state (each its own RNG state, which
+    # rank 0 alone would leave out); rank 0 alone writes the model, the counters and the final policy.
+    assert r0["save_state_calls"] == 1 and r1["save_state_calls"] == 1
     assert r0["save_calls"] == 1 and r1["save_calls"] == 0
     ckpt = tmp_path / "out" / "checkpoints"
     assert [p.name for p in ckpt.iterdir()] == ["step-2"] and (ckpt / "step-2" / "COMPLETE").is_file()
+    assert {p.name for p in (ckpt / "step-2").glob("random_states_*.pkl")} == {"random_states_0.pkl",
+                                                                              "random_states_1.pkl"}
+    assert len(list((ckpt / "step-2").glob("model*.safetensors"))) == 3  # policy + 2 critics, written once
     assert (tmp_path / "out" / "policy" / "COMPLETE").is_file()

@@ -13,11 +13,16 @@ RL under DeepSpeed. ``Accelerator.prepare`` refuses several models at once under
 (one engine per ``prepare`` call), so RL builds one :class:`accelerate.utils.DeepSpeedPlugin`
 per model (:func:`rl_deepspeed_plugins`): trained models (policy, critics) get a training
 engine of the chosen stage; frozen models (reference, reward and cost models) get an
-inference config (ZeRO-3 sharded under zero3*, plain bf16 replicas under zero2). The trainer
-passes the dict as ``Accelerator(deepspeed_plugins=...)`` and prepares each model on its own
-with :func:`prepare_models`, which selects the model's plugin first. ``accelerator.backward``
-drives only the engine prepared last, so the trainers step each trained engine through
-:func:`backward_step` (``engine.backward`` / ``engine.step``) instead.
+inference config (ZeRO-3 sharded under zero3*, plain replicas under zero2).
+:func:`make_rl_accelerator` reads the strategy that ``accelerate launch`` put in the
+environment and builds ``Accelerator(deepspeed_plugins=...)``; the trainer then prepares each
+model on its own with :func:`prepare_models` (which selects the model's plugin first) and
+shards the frozen ones with :func:`shard_frozen_models`. ``accelerator.backward`` drives only
+the engine prepared last (and steps it too), so the trainers step each trained engine through
+:func:`backward_step` (``engine.backward`` / ``engine.step``) instead. FSDP2 also takes one
+model per ``prepare`` call, so :func:`prepare_models` prepares one model at a time there too.
+Under ZeRO-3 the no-grad forwards (rollouts, old / reference log-probs) run under ``no_grad``
+rather than ``inference_mode`` (:func:`inference_context`).
 
 CPU launches. ``accelerate launch`` with ``ddp.yaml`` / ``fsdp.yaml`` on a machine without a
 GPU starts the processes with torchrun but accelerate then sees no device backend and
@@ -140,6 +145,10 @@ def deepspeed_config(
     }
     if train:
         cfg["gradient_clipping"] = float(gradient_clipping)
+        if strategy == "zero3-offload":
+            # The trainers pass torch's AdamW; DeepSpeed refuses a client optimiser with an
+            # offloaded optimiser unless told that is intended (its CPU Adam is faster, same update).
+            cfg["zero_force_ds_cpu_optimizer"] = False
     return cfg
 
 
@@ -167,28 +176,133 @@ def rl_deepspeed_plugins(strategy: str, **kwargs) -> dict[str, Any]:
     (building the plugins needs accelerate only; the Accelerator then needs deepspeed)."""
     from accelerate.utils import DeepSpeedPlugin
 
-    return {role: DeepSpeedPlugin(hf_ds_config=cfg)
-            for role, cfg in rl_deepspeed_configs(strategy, **kwargs).items()}
+    # `accelerate launch --config_file zero3.yaml` exports ACCELERATE_CONFIG_DS_FIELDS (the
+    # deepspeed keys of the yaml); a plugin given a config dict then refuses to build ("will be
+    # ignored") because it assumes a user-written DeepSpeed json competes with the yaml. These
+    # dicts are derived from that same yaml (stage, offload) and the trainer's own settings, so
+    # the check does not apply: the variable is hidden while the plugins are built.
+    saved = os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
+    try:
+        return {role: DeepSpeedPlugin(hf_ds_config=cfg, zero3_init_flag=False)
+                for role, cfg in rl_deepspeed_configs(strategy, **kwargs).items()}
+    finally:
+        if saved is not None:
+            os.environ["ACCELERATE_CONFIG_DS_FIELDS"] = saved
+
+
+def rl_model_roles(critics: tuple[str, ...] | list[str] = ("reward", "cost"), *,
+                   uses_cost: bool = True) -> dict[str, bool]:
+    """``{role: trained}`` of one RL run: ``policy``, one ``<name>_critic`` per critic (``reward``,
+    ``cost`` or ``shared``), and the frozen ``reference``, ``reward_model`` and (when the
+    algorithm reads costs) ``cost_model``."""
+    roles = {"policy": True}
+    roles.update({f"{c}_critic": True for c in critics})
+    roles.update({"reference": False, "reward_model": False})
+    if uses_cost:
+        roles["cost_model"] = False
+    return roles
+
+
+def deepspeed_launch_strategy(env: Mapping[str, str] | None = None) -> Strategy | None:
+    """The DeepSpeed strategy ``accelerate launch`` selected (zero2 | zero3 | zero3-offload),
+    read from the variables it exports (``ACCELERATE_USE_DEEPSPEED``,
+    ``ACCELERATE_DEEPSPEED_ZERO_STAGE``, the offload devices, or the stage inside
+    ``ACCELERATE_DEEPSPEED_CONFIG_FILE``); ``None`` when the launch is not DeepSpeed."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    offload = [env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
+               env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")]
+    ds_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if ds_file and ds_file.lower() != "none":
+        import json
+
+        zero = json.loads(Path(ds_file).read_text()).get("zero_optimization", {})
+        stage = zero.get("stage", stage)
+        offload = [str((zero.get(k) or {}).get("device", "none")) for k in ("offload_optimizer", "offload_param")]
+    data = {"distributed_type": "DEEPSPEED",
+            "deepspeed_config": {"zero_stage": int(stage if stage not in (None, "") else 2),
+                                 "offload_optimizer_device": offload[0], "offload_param_device": offload[1]}}
+    return strategy_of_accelerate_config(data)
+
+
+def deepspeed_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def make_rl_accelerator(precision: str = "auto", *, roles: Mapping[str, bool], micro_batch_size: int = 1,
+                        max_grad_norm: float = 1.0, env: Mapping[str, str] | None = None) -> Any:
+    """The RL trainer's Accelerator. Under a DeepSpeed launch: one plugin per role of ``roles``
+    (:func:`rl_deepspeed_plugins`, the policy's active first), bf16 in every engine exactly when
+    the run's mixed precision is bf16, the trainer's ``max_grad_norm`` as each trained engine's
+    ``gradient_clipping``. Otherwise :func:`saferlhf.trainers.common.make_accelerator` (single
+    process, DDP, FSDP, CPU gloo), unchanged."""
+    from saferlhf.trainers.common import make_accelerator, mixed_precision_of
+
+    strategy = deepspeed_launch_strategy(env)
+    if strategy is None:
+        return make_accelerator(precision)
+    if not deepspeed_installed():
+        from saferlhf.config import ConfigError
+
+        raise ConfigError(f"the launch asks for DeepSpeed ({strategy}: ACCELERATE_USE_DEEPSPEED=true) but the "
+                          "deepspeed package is not installed; install it with `pip install 'saferlhf[deepspeed]'`, "
+                          "or launch with configs/accelerate/ddp.yaml or fsdp.yaml")
+    from accelerate import Accelerator
+
+    mixed = mixed_precision_of(precision)
+    plugins = rl_deepspeed_plugins(strategy, roles=roles, micro_batch_size=micro_batch_size,
+                                   gradient_clipping=max_grad_norm, precision="bf16" if mixed == "bf16" else "fp32")
+    acc = Accelerator(mixed_precision=mixed, deepspeed_plugins=plugins)
+    # Selecting a ZeRO-3 plugin registers its config with transformers, and from_pretrained then
+    # builds models under deepspeed.zero.Init (partitioned at load). The RL trainer copies the
+    # loaded policy (the reference, a critic from the policy backbone), which a partitioned
+    # model does not survive, so models load whole and are partitioned when their engine is
+    # built (prepare_models selects each plugin again, which registers it anew).
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    return acc
 
 
 def is_deepspeed(accelerator: Any) -> bool:
     return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
 
 
+def _one_model_per_prepare(accelerator: Any) -> bool:
+    """DeepSpeed (one engine per call) and FSDP2 ("Only one model is supported when using
+    FSDP2") take one model per ``prepare`` call."""
+    return is_deepspeed(accelerator) or str(getattr(accelerator, "distributed_type", "")).endswith("FSDP")
+
+
 def prepare_models(accelerator: Any, models: Mapping[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
-    """Prepare ``{role: (model, optimizer or None)}``. Under DeepSpeed each model is prepared on
-    its own after selecting its plugin (``accelerator.state.select_deepspeed_plugin(role)``);
-    otherwise all in one call. Returns ``{role: (prepared model, prepared optimizer or None)}``."""
+    """Prepare ``{role: (model, optimizer or None)}``; returns ``{role: (prepared model,
+    prepared optimizer or None)}``.
+
+    Under DeepSpeed each model is prepared on its own after selecting its plugin
+    (``accelerator.state.select_deepspeed_plugin(role)``), and the first role's plugin is
+    selected again at the end (the policy's: what ``accelerator.state.deepspeed_plugin`` and
+    transformers' ZeRO-3 detection then describe). Under FSDP each model (with its optimiser) is
+    prepared on its own. Otherwise (single process, DDP, CPU gloo) all in one call, in the
+    order given."""
     out: dict[str, tuple[Any, Any]] = {}
-    if is_deepspeed(accelerator):
+    if _one_model_per_prepare(accelerator):
+        plugins = getattr(accelerator.state, "deepspeed_plugins", None) if is_deepspeed(accelerator) else None
         for role, (model, opt) in models.items():
-            if getattr(accelerator.state, "deepspeed_plugins", None):
+            if plugins:
+                if role not in plugins:
+                    raise KeyError(f"prepare_models: no DeepSpeed plugin for {role!r} (plugins: {', '.join(plugins)})")
                 accelerator.state.select_deepspeed_plugin(role)
             if opt is None:
                 out[role] = (accelerator.prepare(model), None)
             else:
                 m, o = accelerator.prepare(model, opt)
                 out[role] = (m, o)
+        if plugins:
+            accelerator.state.select_deepspeed_plugin(next(iter(plugins)))
         return out
     flat: list[Any] = []
     for model, opt in models.values():
@@ -203,19 +317,74 @@ def prepare_models(accelerator: Any, models: Mapping[str, tuple[Any, Any]]) -> d
     return out
 
 
-def backward_step(accelerator: Any, model: Any, optimizer: Any, loss: Any, *, max_grad_norm: float = 0.0) -> None:
-    """One backward + optimiser step of ``model``. A DeepSpeed engine does both itself (its
-    clipping is the config's ``gradient_clipping``); otherwise accelerate's backward, clipping
-    and ``optimizer.step``."""
-    if hasattr(model, "backward") and hasattr(model, "step") and is_deepspeed(accelerator):
+def shard_frozen_models(accelerator: Any, models: Mapping[str, Any]) -> dict[str, Any]:
+    """Partition frozen models (``{role: nn.Module}``; ``None`` entries skipped) over the
+    processes as ZeRO-3 inference engines when the run is DeepSpeed with a stage-3 plugin for
+    that role; returns ``{role: engine}`` (empty otherwise: frozen models stay plain modules on
+    the device, in the dtype they were loaded in).
+
+    The module itself is partitioned in place: ZeRO-3 gathers its weights in forward hooks, so
+    callers keep calling the same module object. The engines hold no trainable state, so they
+    are taken out of ``accelerator._models``: ``save_state`` then checkpoints only the trained
+    engines (frozen models are rebuilt from their sources on resume)."""
+    if not is_deepspeed(accelerator):
+        return {}
+    plugins = getattr(accelerator.state, "deepspeed_plugins", None) or {}
+    engines: dict[str, Any] = {}
+    for role, module in models.items():
+        if module is None or role not in plugins or int(plugins[role].zero_stage) != 3:
+            continue
+        accelerator.state.select_deepspeed_plugin(role)
+        engine = accelerator.prepare(module)
+        if engine in accelerator._models:
+            accelerator._models.remove(engine)
+        engines[role] = engine
+    if plugins:
+        accelerator.state.select_deepspeed_plugin(next(iter(plugins)))
+    return engines
+
+
+def backward_step(accelerator: Any, model: Any, optimizer: Any, loss: Any, *, max_grad_norm: float = 0.0) -> Any:
+    """One backward + optimiser step of ``model``; returns the gradient norm before clipping
+    (``None`` when not clipping, or when the engine did not compute it).
+
+    A DeepSpeed engine does both itself (``engine.backward`` then ``engine.step``; its clipping
+    is the config's ``gradient_clipping``): ``accelerator.backward`` would drive the engine
+    prepared last, whatever ``loss`` belongs to. Otherwise: zero the gradients, accelerate's
+    backward, clipping at ``max_grad_norm`` (> 0), ``optimizer.step()`` — zeroing first, so
+    gradients another model's loss left on shared parameters never reach this step."""
+    if is_deepspeed(accelerator) and hasattr(model, "backward") and hasattr(model, "step"):
         model.backward(loss)
         model.step()
-        return
-    accelerator.backward(loss)
-    if max_grad_norm and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
+        if max_grad_norm and max_grad_norm > 0 and hasattr(model, "get_global_grad_norm"):
+            return model.get_global_grad_norm()
+        return None
     optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    norm = None
+    if max_grad_norm and max_grad_norm > 0:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return norm
+
+
+def inference_context() -> Any:
+    """``torch.inference_mode()``, or ``torch.no_grad()`` while a ZeRO-3 config is active
+    (transformers' ``is_deepspeed_zero3_enabled``, which :func:`prepare_models` leaves set to
+    the policy's plugin).
+
+    Under ZeRO-3 a forward gathers the partitioned weights into buffers DeepSpeed keeps and
+    reuses; gathered inside inference mode they become inference tensors, and the next
+    training forward fails ("Inference tensors cannot be saved for backward"; measured with 2
+    ZeRO-3 ranks on CPU: rollouts and old log-probs under inference mode, then the PPO update).
+    ``no_grad`` computes the same numbers."""
+    import torch
+
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return torch.inference_mode()
+    return torch.no_grad() if is_deepspeed_zero3_enabled() else torch.inference_mode()
 
 
 # ----------------------------------------------------------------------------- saving

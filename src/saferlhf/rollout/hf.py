@@ -10,7 +10,7 @@
   built per call with every distribution-changing field set explicitly, and the checkpoint's
   ``generation_config`` is hidden during the call (transformers fills unset fields from it and
   then from global defaults, which include ``top_k=50``).
-* Generation runs under ``torch.inference_mode()`` in eval mode (each submodule's mode is
+* Generation runs under ``torch.inference_mode()`` (``no_grad`` under ZeRO-3) in eval mode (each submodule's mode is
   restored afterwards); the returned batch holds ordinary tensors built from the ids, so it
   can feed a training forward pass with autograd.
 * Vision-language policies (LLaVA, Qwen2-VL …, through their own transformers classes): give
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from saferlhf.data.collate import pad_sequences
+from saferlhf.distributed import inference_context
 from saferlhf.models.policy import eval_mode, unwrap_model
 from saferlhf.rollout.base import RolloutBackend, RolloutBatch, SamplingParams, build_rollout_batch
 
@@ -185,7 +186,7 @@ class HFRolloutBackend(RolloutBackend):
         step = self.batch_size or B
         responses: list[list[int]] = []
         with (
-            torch.inference_mode(),
+            inference_context(),  # no_grad under ZeRO-3 (saferlhf.distributed.inference_context)
             eval_mode(model),
             _neutral_generation_config(model),
             _rng_scope(seed, device),

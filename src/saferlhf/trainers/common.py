@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +43,18 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 
-def make_accelerator(precision: str = "auto", *, grad_accum: int = 1, cpu: bool | None = None) -> Accelerator:
-    """An Accelerator with bf16 where the hardware has it (``precision='auto'``)."""
+def mixed_precision_of(precision: str = "auto") -> str:
+    """accelerate's ``mixed_precision`` for a run's ``precision``: bf16 where the hardware has
+    it under ``auto``, else ``no``."""
     if precision == "auto":
         use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        mixed = "bf16" if use_bf16 else "no"
-    else:
-        mixed = {"fp32": "no", "bf16": "bf16"}[precision]
+        return "bf16" if use_bf16 else "no"
+    return {"fp32": "no", "bf16": "bf16"}[precision]
+
+
+def make_accelerator(precision: str = "auto", *, grad_accum: int = 1, cpu: bool | None = None) -> Accelerator:
+    """An Accelerator with bf16 where the hardware has it (``precision='auto'``)."""
+    mixed = mixed_precision_of(precision)
     kwargs: dict[str, Any] = {"mixed_precision": mixed, "gradient_accumulation_steps": grad_accum}
     if cpu is None:
         # torchrun on a machine without GPUs: join the processes with gloo (saferlhf.distributed).
@@ -90,6 +96,20 @@ def make_scheduler(optimizer, *, kind: str, total_steps: int, warmup_ratio: floa
         num_warmup_steps=round(warmup_ratio * total_steps),
         num_training_steps=max(total_steps, 1),
     )
+
+
+def step_once_per_optimizer_step(scheduler):
+    """Make a prepared scheduler advance exactly once per optimiser step on any number of processes.
+
+    accelerate's prepared scheduler (``AcceleratedScheduler``) steps ``num_processes`` times
+    per optimiser step unless ``split_batches`` is set: it assumes the schedule was planned in
+    one process's batches. The trainers plan theirs in optimiser steps of the whole run
+    (:func:`planned_steps` divides by the world size), so the extra steps would run the
+    schedule ``num_processes`` times too fast. Gradient-accumulation and skipped-step handling
+    stay accelerate's. Returns ``scheduler``."""
+    if hasattr(scheduler, "split_batches"):
+        scheduler.split_batches = True
+    return scheduler
 
 
 def planned_steps(n_examples: int, *, batch_size: int, grad_accum: int, epochs: float,
@@ -263,34 +283,87 @@ class TrainerState:
         return cls(step=d["step"], micro_step=d["micro_step"], extra=d.get("extra", {}))
 
 
+def _agree_on_error(accelerator: Accelerator, error: BaseException | None) -> BaseException | None:
+    """Every process's view of whether any process failed (so all stop together, none waits
+    forever at the next collective)."""
+    if accelerator.num_processes <= 1:
+        return error
+    flag = torch.tensor([0.0 if error is None else 1.0], device=accelerator.device)
+    if error is None and float(accelerator.gather(flag).max()) > 0:
+        return OSError("another process could not write its part of the checkpoint")
+    if error is not None:
+        accelerator.gather(flag)
+    return error
+
+
 def save_training_checkpoint(accelerator: Accelerator, out_dir: str | Path, state: TrainerState,
                              *, keep: int = 2) -> Path | None:
     """Atomic ``checkpoints/step-N`` with accelerate state + trainer counters; keeps the last ``keep``.
 
-    The optimiser state is stored as safetensors (:mod:`saferlhf.trainers.resume`). A failed
-    write (disk full, permissions) removes the half-written folder, keeps the previous
-    checkpoints and stops the run with a :class:`~saferlhf.errors.CheckpointError`.
+    Collective: every process calls ``accelerator.save_state`` into the same temporary folder,
+    so each one's RNG state is saved (``random_states_<rank>.pkl``, which ``load_state``
+    restores on the same rank) and sharded model / optimiser states (FSDP, DeepSpeed) are
+    complete; accelerate writes unsharded model and optimiser files on the main process only.
+    The main process then adds the trainer counters and the ``COMPLETE`` marker and renames
+    the folder into place. The optimiser state is stored as safetensors
+    (:mod:`saferlhf.trainers.resume`). A failed write (disk full, permissions) on any process
+    removes the half-written folder, keeps the previous checkpoints and stops every process
+    with a :class:`~saferlhf.errors.CheckpointError`.
     """
     from saferlhf.errors import CheckpointError
+    from saferlhf.io import COMPLETE_MARKER
     from saferlhf.trainers.resume import save_optimizer_safetensors
 
     final = Path(out_dir) / CHECKPOINT_DIR / f"step-{state.step}"
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    error: BaseException | None = None
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if accelerator.num_processes > 1:  # every process writes into the main process's folder
+        from accelerate.utils import broadcast_object_list
+
+        tmp = Path(broadcast_object_list([str(tmp)], from_process=0)[0])
+    if main:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_dir(final) as tmp:
-                accelerator.save_state(str(tmp), safe_serialization=True)
-                save_optimizer_safetensors(tmp)
-                state.save(tmp / "trainer_state.json")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
         except OSError as e:
-            prev = latest_checkpoint(out_dir)
-            kept = (f"the previous checkpoint {prev} is intact and --resume continues from it" if prev
-                    else "no earlier checkpoint exists")
-            where = f": {e.filename}" if e.filename else ""
-            raise CheckpointError(
-                f"could not write checkpoint {final} ({e.strerror or e}{where}); nothing of it was kept, {kept}. "
-                "Free disk space / fix the permissions of --out, then rerun with --resume") from e
+            error = e
+    error = _agree_on_error(accelerator, error)
+    if error is None:
+        try:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        except OSError as e:
+            error = e
+        error = _agree_on_error(accelerator, error)
+    if error is None and main:
+        try:
+            save_optimizer_safetensors(tmp)
+            state.save(tmp / "trainer_state.json")
+            (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            if final.exists():
+                old = final.parent / f".old-{final.name}-{os.getpid()}"
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(final)
+        except OSError as e:
+            error = e
+    error = _agree_on_error(accelerator, error)
+    if error is not None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_checkpoint(out_dir)
+        kept = (f"the previous checkpoint {prev} is intact and --resume continues from it" if prev
+                else "no earlier checkpoint exists")
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        raise CheckpointError(
+            f"could not write checkpoint {final} ({getattr(error, 'strerror', None) or error}{where}); nothing of it "
+            f"was kept, {kept}. Free disk space / fix the permissions of --out, then rerun with --resume") from error
+    if main:
         done = sorted((p for p in final.parent.glob("step-*") if is_complete(p)),
                       key=lambda p: int(p.name.split("-")[1]))
         for old in done[:-keep]:

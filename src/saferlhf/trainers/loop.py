@@ -33,6 +33,7 @@ from saferlhf.trainers.common import (
     progress_bar,
     save_run_config,
     save_training_checkpoint,
+    step_once_per_optimizer_step,
     truncate_metrics,
 )
 
@@ -127,6 +128,7 @@ def run_supervised_loop(
     scheduler = make_scheduler(optimizer, kind=cfg.lr_scheduler, total_steps=steps,
                                warmup_ratio=cfg.warmup_ratio)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    step_once_per_optimizer_step(scheduler)
 
     state = start_state(cfg, accelerator, out, name)
     logger = MetricsLogger(out, report_to=cfg.report_to, is_main=accelerator.is_main_process,

@@ -76,6 +76,7 @@ from saferlhf.trainers.common import (
     progress_bar,
     save_training_checkpoint,
     seed_everything,
+    step_once_per_optimizer_step,
 )
 from saferlhf.trainers.loop import micro_step, start_state
 
@@ -482,6 +483,7 @@ class DPOTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _stage_lr_lambda(stage_steps, cfg.lr_scheduler, cfg.warmup_ratio))
         model, optimizer, scheduler = acc.prepare(self.model, optimizer, scheduler)
+        step_once_per_optimizer_step(scheduler)
         state = start_state(cfg, acc, out, "dpo", fresh=TrainerState(extra={"stage": 0, "stage_micro": 0}))
         if self.lagrange is not None and "lagrange" in state.extra:
             self.lagrange.load_state_dict(state.extra["lagrange"])

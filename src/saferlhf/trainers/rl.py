@@ -70,6 +70,15 @@ from saferlhf import losses as L
 from saferlhf.calibration import CostCalibration, cost_calibration_for
 from saferlhf.config import ConfigError
 from saferlhf.config.stages import RLConfig
+from saferlhf.distributed import (
+    backward_step,
+    full_state_dict_if_sharded,
+    inference_context,
+    make_rl_accelerator,
+    prepare_models,
+    rl_model_roles,
+    shard_frozen_models,
+)
 from saferlhf.errors import NonFiniteLossError
 from saferlhf.hub import hub_data_options
 from saferlhf.io import atomic_dir, describe_source
@@ -97,7 +106,6 @@ from saferlhf.trainers.common import (
     TrainerState,
     epoch_batches,
     load_training_checkpoint,
-    make_accelerator,
     make_optimizer,
     progress_bar,
     save_run_config,
@@ -307,7 +315,9 @@ class SafeRLTrainer:
         if self.algo.uses_cost and cost_src is None:
             raise ConfigError(f"--algo {cfg.algo} needs --cost-model (only ppo runs without one)")
         seed_everything(cfg.seed)
-        self.accelerator = accelerator or make_accelerator(cfg.precision)
+        self.accelerator = accelerator or make_rl_accelerator(
+            cfg.precision, roles=rl_model_roles(self._critic_names(), uses_cost=self.algo.uses_cost),
+            micro_batch_size=cfg.mini_batch_size, max_grad_norm=cfg.max_grad_norm)
         dev = self.accelerator.device
 
         policy_model = self._load_policy(policy, processing_class)
@@ -417,16 +427,30 @@ class SafeRLTrainer:
         dtype = "bf16" if self.cfg.precision == "bf16" else None
         return make_scorer(source, self.processor, self.template, normalize=normalize, device=device, dtype=dtype)
 
+    def _critic_names(self) -> tuple[str, ...]:
+        """The critics :meth:`_build_critics` makes: one per stream, or ``shared``."""
+        streams = self.algo.critics
+        return ("shared",) if self.cfg.critic_mode == "shared" and len(streams) > 1 else tuple(streams)
+
     def _prepare(self, policy, critics: dict[str, ScoreModel]) -> None:
+        """Optimisers, then each trained model through :func:`~saferlhf.distributed.prepare_models`
+        (roles ``policy`` and ``<name>_critic``): under DeepSpeed one engine per model on its own
+        plugin, under FSDP one ``prepare`` per model, otherwise one ``prepare`` of all. Under
+        ZeRO-3 the frozen models (the reference copy, the reward and cost models) are partitioned
+        as inference engines; otherwise they stay on the device as loaded."""
         cfg, acc = self.cfg, self.accelerator
-        self.actor_opt = make_optimizer(policy.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
-        critic_opts = {n: make_optimizer(c.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
-                       for n, c in critics.items()}
-        prepared = acc.prepare(policy, self.actor_opt, *critics.values(), *critic_opts.values())
-        self.policy, self.actor_opt = prepared[0], prepared[1]
-        k = len(critics)
-        self.critics = dict(zip(critics, prepared[2:2 + k]))
-        self.critic_opts = dict(zip(critic_opts, prepared[2 + k:]))
+        actor_opt = make_optimizer(policy.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
+        models = {"policy": (policy, actor_opt)}
+        for n, c in critics.items():
+            models[f"{n}_critic"] = (c, make_optimizer(c.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay))
+        prepared = prepare_models(acc, models)
+        self.policy, self.actor_opt = prepared["policy"]
+        self.critics = {n: prepared[f"{n}_critic"][0] for n in critics}
+        self.critic_opts = {n: prepared[f"{n}_critic"][1] for n in critics}
+        frozen = {"reference": self.reference.module if self.reference.mode != "disabled_adapter" else None,
+                  "reward_model": getattr(self.reward_scorer, "model", None),
+                  "cost_model": getattr(self.cost_scorer, "model", None)}
+        self._frozen_engines = shard_frozen_models(acc, frozen)
 
     # ------------------------------------------------------------------ data
     def _load_ptx(self):
@@ -512,7 +536,7 @@ class SafeRLTrainer:
         lp_vision = self._logprob_vision(batch.sequences, batch.image_inputs)
         critic_vision = self._critic_vision(batch.sequences, batch.image_inputs)
         reuse = reuses_training_logprobs(cfg, self.algo, len(batch), iteration)
-        with torch.inference_mode():  # each frozen / old model runs once per rollout batch
+        with inference_context():  # each frozen / old model runs once per rollout batch (no_grad under ZeRO-3)
             self.policy.eval()
             logp_old = None if reuse else forward_logprobs(
                 self.policy, batch.sequences, batch.attention_mask, prompt_length=P, temperature=cfg.temperature,
@@ -696,13 +720,9 @@ class SafeRLTrainer:
                     ptx = self._ptx_loss(mb_counter)
                     loss = loss + cfg.ptx_coeff * ptx
                     add({"train/ptx_loss": ptx.item()})
-                self.actor_opt.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                if cfg.max_grad_norm > 0:
-                    gn = acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                    if gn is not None:
-                        add({"train/grad_norm": float(gn)})
-                self.actor_opt.step()
+                gn = backward_step(acc, self.policy, self.actor_opt, loss, max_grad_norm=cfg.max_grad_norm)
+                if gn is not None:
+                    add({"train/grad_norm": float(gn)})
                 add({"train/policy_loss": pl.item(), "train/entropy": L.masked_mean(ent.detach(), mask).item(),
                      **{f"train/{k}": v for k, v in pst.items()}})
                 mb_critic_vision = self._critic_vision(seq, mb_images)
@@ -715,12 +735,7 @@ class SafeRLTrainer:
                         critic_loss = critic_loss + vl
                         add({f"train/{name}_value_loss": vl.item(),
                              **{f"train/{name}_value_{k}": val for k, val in vst.items()}})
-                    opt = self.critic_opts[cname]
-                    opt.zero_grad(set_to_none=True)
-                    acc.backward(critic_loss)
-                    if cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-                    opt.step()
+                    backward_step(acc, critic, self.critic_opts[cname], critic_loss, max_grad_norm=cfg.max_grad_norm)
                 mb_counter += 1
         out = {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else float("nan")
                for k, v in acc_stats.items()}
@@ -858,15 +873,17 @@ class SafeRLTrainer:
         (default ``<out>/policy``); on the main process only."""
         out = Path(output_dir) if output_dir is not None else Path(self.cfg.out) / "policy"
         self.accelerator.wait_for_everyone()
+        full = full_state_dict_if_sharded(self.accelerator, self.policy)  # ZeRO-3 / FSDP: on every rank
         if self.accelerator.is_main_process:
-            self._save_policy(out)
+            self._save_policy(out, full)
         return out
 
-    def _save_policy(self, out: Path) -> None:
+    def _save_policy(self, out: Path, state_dict: dict[str, Any] | None = None) -> None:
         save_policy(self.accelerator.unwrap_model(self.policy), self.processor, out, template=self.template,
                     meta={"stage": f"rl-{self.cfg.algo}", "iterations": self.state.step,
                           "lambda": self.lagrange.value,
-                          "sampling": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}})
+                          "sampling": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}},
+                    state_dict=state_dict)
 
     def save(self, out: Path) -> None:
         """Final artefacts: ``policy/`` (merged when LoRA), ``{reward,cost}_critic/`` (or
@@ -874,13 +891,16 @@ class SafeRLTrainer:
         ``lagrange.json`` — each written atomically, on the main process only."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        # Sharded weights (ZeRO-3 / FSDP) are gathered collectively first; None when unsharded.
+        policy_state = full_state_dict_if_sharded(acc, self.policy)
+        critic_states = {name: full_state_dict_if_sharded(acc, c) for name, c in self.critics.items()}
         if not acc.is_main_process:
             return
         out = Path(out)
-        self._save_policy(out / "policy")
+        self._save_policy(out / "policy", policy_state)
         for name, critic in self.critics.items():
             with atomic_dir(out / f"{name}_critic") as tmp:
-                acc.unwrap_model(critic).save_pretrained(tmp)
+                acc.unwrap_model(critic).save_pretrained(tmp, state_dict=critic_states[name])
         tmp_json = out / ".lagrange.json.tmp"
         tmp_json.write_text(json.dumps(
             {"final_lambda": self.lagrange.value, "at_cap": bool(self.lagrange.at_cap),
