@@ -16,7 +16,9 @@ from saferlhf import cli
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert cli.main(["demo", "--out", str(out), "--quick", "--progress", "false", "--seed", "3"]) == 0
+    # the default constraint (unsafe rate) plus the paper's raw SFT-mean budget beside it
+    assert cli.main(["demo", "--out", str(out), "--quick", "--progress", "false", "--seed", "3",
+                     "--sft-budget", "true", "--shaping-lambdas", "1,10"]) == 0
     return out
 
 
@@ -32,11 +34,24 @@ def test_demo_writes_the_contract_files(quick_demo):
 
 def test_report_is_complete_and_consistent(quick_demo):
     report = json.loads((quick_demo / "report.json").read_text())
-    assert report["seed"] == 3 and report["budget"] == 0.0 and report["quick"] is True
-    assert set(report["methods"]) == {"sft", "ppo", "ppo_lag", "ppo_lag_sft_budget", "reward_shaping_0.5",
-                                      "reward_shaping_5"}
-    # the SFT-relative budget is the mean learned cost of SFT samples, measured before RL
-    assert report["budgets"] == {"ppo_lag": 0.0, "ppo_lag_sft_budget": pytest.approx(report["sft_cost"]["mean"], abs=1e-3)}
+    from saferlhf.calibration import load_calibration
+    from saferlhf.config.stages import DEFAULT_UNSAFE_RATE
+
+    assert report["seed"] == 3 and report["budget"] == DEFAULT_UNSAFE_RATE and report["quick"] is True
+    assert report["constraint"]["form"] == "unsafe_rate" and report["constraint"]["cost_transform"] == "calibrated"
+    assert set(report["methods"]) == {"sft", "ppo", "ppo_lag", "ppo_lag_sft_budget", "reward_shaping_1",
+                                      "reward_shaping_10"}
+    # the SFT-relative budget is the mean learned (raw) cost of SFT samples, measured before RL
+    assert report["budgets"] == {"ppo_lag": DEFAULT_UNSAFE_RATE,
+                                 "ppo_lag_sft_budget": pytest.approx(report["sft_cost"]["mean"], abs=1e-3)}
+    # the cost model was calibrated on the held-out pairs as it was saved, and RL read that file
+    cal = load_calibration(quick_demo / "cost_model")
+    assert cal is not None and cal.fitted and report["cost_model"]["calibration"]["temperature"] == pytest.approx(
+        cal.temperature, abs=1e-6)
+    lag = json.loads((quick_demo / "rl" / "ppo_lag" / "lagrange.json").read_text())
+    assert lag["budget_unsafe_rate"] == DEFAULT_UNSAFE_RATE and lag["calibration"]["n"] == cal.n
+    assert 0.0 <= report["methods"]["ppo_lag"]["model_cost"] <= 1.0  # E[P(unsafe)]
+    assert report["lagrange"]["lambda_mean_last"] is not None
     keys = {"helpfulness", "helpfulness_benign", "helpfulness_harmful", "harmful_rate", "oracle_cost",
             "model_cost", "over_refusal_benign", "constraint_met", "tolerance", "n_benign", "n_harmful", "ci95"}
     for name, m in report["methods"].items():
@@ -60,8 +75,8 @@ def test_report_is_complete_and_consistent(quick_demo):
     # the RL logs have one line per iteration and λ moves only for ppo_lag
     lines = [json.loads(x) for x in (quick_demo / "rl" / "ppo_lag" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "reward" in r] == list(range(1, report["rl_settings"]["iterations"] + 1))
-    shaping = [json.loads(x) for x in (quick_demo / "rl" / "reward_shaping_5" / "metrics.jsonl").read_text().splitlines()]
-    assert {r["lambda"] for r in shaping if "lambda" in r} == {5.0}
+    shaping = [json.loads(x) for x in (quick_demo / "rl" / "reward_shaping_10" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["lambda"] for r in shaping if "lambda" in r} == {10.0}
     md = (quick_demo / "report.md").read_text()
     assert "## Checks" in md and "ppo_lag" in md
 
