@@ -205,32 +205,7 @@ def guard_model_card(meta: dict[str, Any], check: dict[str, Any], guard) -> str:
         lines += [(f"**Offset**: the unsafe head's constant {off:.6g} could not be folded into the weights "
                   "(bias-free final norm and score layer; exported with `--bias drop`): guard log-odds = "
                   f"logit + {off:.6g}."), ""]
-    if cfg.encoding == "pair":
-        build = ("text: the tokenizer's own pair encoding `tok(prompt" + (")`" if cfg.moderation == "input"
-                                                                           else ", response)`")
-                 + f", truncated to {cfg.max_length} tokens (`longest_first`)")
-        code = "enc = tok(prompt" + (", truncation=True" if cfg.moderation == "input" else ", response, truncation=True") \
-            + f", max_length={cfg.max_length}, return_tensors='pt')"
-    else:
-        rendered = ("the tokenizer's chat template (user turn, then the generation prompt)"
-                    if tmpl.get("kind") == "chat" else f"`{tmpl.get('fmt', '')}`")
-        if cfg.moderation == "input":
-            build = f"text: the prompt rendered with {rendered}, nothing after it"
-            tail = ""
-        else:
-            build = (f"text: the prompt rendered with {rendered}, then {tmpl.get('response_prefix', ' ')!r} + "
-                     "response + EOS (prompt and response tokenized separately, as saferlhf does)")
-            tail = " + tok(prefix + response, add_special_tokens=False).input_ids + [tok.eos_token_id]"
-        render = ("tok.apply_chat_template([{'role': 'user', 'content': prompt}], tokenize=False, "
-                  "add_generation_prompt=True)" if tmpl.get("kind") == "chat" else
-                  f"{tmpl.get('fmt', '{prompt}')!r}.format(prompt=prompt)")
-        code = "\n".join([
-            f"prefix = {tmpl.get('response_prefix', ' ')!r}",
-            f"ids = tok({render}, add_special_tokens=False).input_ids{tail}",
-            "enc = {'input_ids': torch.tensor([ids])}",
-        ])
-        build += (f"; the guard keeps at most {cfg.max_length} tokens (a long response keeps its beginning, "
-                  "at least half, and the prompt its end)")
+    build, code = _card_input(cfg, tmpl)
     if meta["score_type"]:
         as_cost = (f"In saferlhf the folder also reads as a cost model (`--cost-model DIR`): cost = logit, "
                    f"cost > 0 ⇔ P(unsafe) > {'0.5' if not off else f'σ({off:.6g})'}"
@@ -261,6 +236,44 @@ def guard_model_card(meta: dict[str, Any], check: dict[str, Any], guard) -> str:
          f"{', '.join(check['by_padding'])} padded"),
         f"* source: `{meta.get('source')}`", "",
     ]
+    lines += _card_data_and_metrics(cfg, meta)
+    return "\n".join(lines)
+
+
+def _card_input(cfg, tmpl: dict[str, Any]) -> tuple[str, str]:
+    """How to build the exported model's input text: a sentence and a code snippet."""
+    if cfg.encoding == "pair":
+        build = ("text: the tokenizer's own pair encoding `tok(prompt" + (")`" if cfg.moderation == "input"
+                                                                           else ", response)`")
+                 + f", truncated to {cfg.max_length} tokens (`longest_first`)")
+        code = "enc = tok(prompt" + (", truncation=True" if cfg.moderation == "input" else ", response, truncation=True") \
+            + f", max_length={cfg.max_length}, return_tensors='pt')"
+    else:
+        rendered = ("the tokenizer's chat template (user turn, then the generation prompt)"
+                    if tmpl.get("kind") == "chat" else f"`{tmpl.get('fmt', '')}`")
+        if cfg.moderation == "input":
+            build = f"text: the prompt rendered with {rendered}, nothing after it"
+            tail = ""
+        else:
+            build = (f"text: the prompt rendered with {rendered}, then {tmpl.get('response_prefix', ' ')!r} + "
+                     "response + EOS (prompt and response tokenized separately, as saferlhf does)")
+            tail = " + tok(prefix + response, add_special_tokens=False).input_ids + [tok.eos_token_id]"
+        render = ("tok.apply_chat_template([{'role': 'user', 'content': prompt}], tokenize=False, "
+                  "add_generation_prompt=True)" if tmpl.get("kind") == "chat" else
+                  f"{tmpl.get('fmt', '{prompt}')!r}.format(prompt=prompt)")
+        code = "\n".join([
+            f"prefix = {tmpl.get('response_prefix', ' ')!r}",
+            f"ids = tok({render}, add_special_tokens=False).input_ids{tail}",
+            "enc = {'input_ids': torch.tensor([ids])}",
+        ])
+        build += (f"; the guard keeps at most {cfg.max_length} tokens (a long response keeps its beginning, "
+                  "at least half, and the prompt its end)")
+    return build, code
+
+
+def _card_data_and_metrics(cfg, meta: dict[str, Any]) -> list[str]:
+    """The card's Data and Metrics sections (when the guard folder records them)."""
+    lines: list[str] = []
     stats = cfg.stats or {}
     data = stats.get("data") or (f"preset {stats['preset']}" if stats.get("preset") not in (None, "none") else None)
     if data:
@@ -275,7 +288,7 @@ def guard_model_card(meta: dict[str, Any], check: dict[str, Any], guard) -> str:
             lines.append(f"| {split} | " + " | ".join(f"{vals[k]:.4g}" if isinstance(vals.get(k), (int, float))
                                                       else "–" for k in METRIC_KEYS) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _held_out_metrics(folder: str | None) -> dict[str, dict[str, Any]]:
