@@ -1,7 +1,7 @@
 """The demo on several seeds with a λ₀ frontier of reward shaping (issue: "seeds benchmark").
 
-    python benchmarks/demo_seeds.py --out runs/seeds [--seeds 0,1,2] [--lambdas 0.1,0.5,2,5]
-                                    [--noise 0.1] [--budget 0]
+    python benchmarks/demo_seeds.py --out runs/seeds [--seeds 0,1,2] [--lambdas 1,3,10,30]
+                                    [--noise 0.1] [--budget-unsafe-rate 0.2 | --budget D]
 
 Runs ``saferlhf demo`` once per seed (all methods from the same SFT policy, the same β,
 iterations and batch; ``reward_shaping`` at every λ₀ of ``--lambdas``) and writes
@@ -30,7 +30,8 @@ import numpy as np
 METRICS = ("helpfulness_benign", "harmful_rate", "over_refusal_benign", "model_cost")
 
 
-def run(out: Path, seeds: list[int], lambdas: list[float], noise: float, budget: float, workers: int) -> dict:
+def run(out: Path, seeds: list[int], lambdas: list[float], noise: float, budget: float | None, workers: int,
+        unsafe_rate: float | None = None) -> dict:
     from saferlhf.config.stages import DemoConfig
     from saferlhf.recipes.text_demo import run_demo
 
@@ -38,7 +39,7 @@ def run(out: Path, seeds: list[int], lambdas: list[float], noise: float, budget:
     for seed in seeds:
         t0 = time.perf_counter()
         report = run_demo(DemoConfig(out=str(out / f"seed_{seed}"), seed=seed, noise=noise, budget=budget,
-                                     shaping_lambdas=lambdas, progress=False, workers=workers))
+                                     budget_unsafe_rate=unsafe_rate, shaping_lambdas=lambdas, progress=False, workers=workers))
         per_seed[seed] = {
             "methods": {k: {m: v[m] for m in METRICS} | {"constraint_met": v["constraint_met"],
                                                         "ci95": {m: v["ci95"].get(m) for m in METRICS}}
@@ -54,7 +55,7 @@ def run(out: Path, seeds: list[int], lambdas: list[float], noise: float, budget:
 def _claim_key(claim: str) -> str:
     """A claim without its run's numbers ("ppo_lag_sft_budget (d = -1.98)" → "ppo_lag_sft_budget"):
     the SFT-relative budget differs per seed."""
-    return re.sub(r" \(d = [^)]*\)", "", claim)
+    return re.sub(r" \([dq] = [^)]*\)", "", claim)
 
 
 def table(per_seed: dict) -> str:
@@ -69,8 +70,8 @@ def table(per_seed: dict) -> str:
             cells.append(f"{xs.mean():.3f} [{xs.min():.3f}, {xs.max():.3f}]")
         met = sum(bool(per_seed[s]["methods"][name]["constraint_met"]) for s in seeds)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {met}/{len(seeds)} |")
-    lines += ["", "(budget met: against the run's own d — 0, or the SFT policy's mean cost for "
-                  "`ppo_lag_sft_budget`; shaping runs and PPO are logged against d = 0.)"]
+    lines += ["", "(budget met: against the run's constraint — q on E[P(unsafe)] by default, or the raw d; "
+                  "shaping runs and PPO are logged against the same q or d.)"]
     lines += ["", "| claim | holds on |", "|---|---|"]
     claims = [_claim_key(c["claim"]) for c in per_seed[seeds[0]]["checks"]]
     for claim in claims:
@@ -113,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/seeds")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--lambdas", default="0.1,0.5,2,5")
+    ap.add_argument("--lambdas", default="1,3,10,30")
     ap.add_argument("--noise", type=float, default=0.1)
-    ap.add_argument("--budget", type=float, default=0.0)
+    ap.add_argument("--budget", type=float, default=None, help="raw mean-cost budget d (the paper's form)")
+    ap.add_argument("--budget-unsafe-rate", type=float, default=None, help="q (default: the demo's, 0.2)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--table-only", action="store_true", help="rewrite seeds.md and frontier.png from seeds.json")
     a = ap.parse_args(argv)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     per_seed = run(out, [int(s) for s in a.seeds.split(",")], [float(x) for x in a.lambdas.split(",")],
-                   a.noise, a.budget, a.workers)
+                   a.noise, a.budget, a.workers, a.budget_unsafe_rate)
     (out / "seeds.json").write_text(json.dumps(per_seed, indent=2))
     md = table(per_seed)
     (out / "seeds.md").write_text(md)

@@ -232,7 +232,8 @@ def _image_score_models(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, sf
     steps = max(1, int(sizes.n_pairs_train * sizes.score_epochs) // 32)
     return run.parallel("score_models", [
         Job(name, train_and_eval_score_model,
-            dict(kind=kind, train_cfg=cls(out=str(out / name), data=str(data), **common, **extra),
+            dict(kind=kind, train_cfg=cls(out=str(out / name), data=str(data), **common, **extra,
+                                          **({"calibration_data": str(eval_data)} if kind == "cost" else {})),
                  eval_cfg=EvalScoreModelConfig(model=str(out / name), data=str(eval_data),
                                                out=str(out / f"{name}_eval"), max_length=MAX_LENGTH)),
             total=steps, metrics=out / name / "metrics.jsonl")
