@@ -228,3 +228,26 @@ def test_cost_model_writes_calibration_and_calibrate_refits(tmp_path):
     refit = load_calibration(cm)
     assert "pairs_train.jsonl" in refit.source and refit.n > cal.n
     assert not math.isclose(refit.temperature, cal.temperature)
+
+
+def test_cost_model_training_survives_an_impossible_calibration(tmp_path, monkeypatch):
+    """An untrained cost model can score unsafe responses lower: training still succeeds, no
+    calibration.json is written, and the message names the fix."""
+    import saferlhf.calibration as C
+    from saferlhf.trainers.score import ScoreModelTrainer
+
+    def refuse(*a, **k):
+        raise ValueError("the cost scores do not increase with the unsafe label")
+
+    monkeypatch.setattr(C, "calibrate_score_model", refuse)
+
+    class Stub:
+        args = type("A", (), {"calibration_data": None, "data": "d", "eval_data": None, "max_length": 8,
+                              "batch_size": 1, "data_format": "auto", "on_bad_record": "skip", "out": str(tmp_path)})()
+        eval_pairs, pairs, processor, template, model = None, [], None, None, None
+        accelerator = type("Acc", (), {"unwrap_model": staticmethod(lambda m: m), "is_main_process": True,
+                                       "wait_for_everyone": staticmethod(lambda: None),
+                                       "print": staticmethod(print)})()
+
+    assert ScoreModelTrainer.calibrate(Stub()) is None
+    assert not (tmp_path / CALIBRATION_FILE).exists()

@@ -275,13 +275,16 @@ class ScoreModelTrainer:
         self.save_model(cfg.out)
         result = {"steps": self.result.steps, "train": self.result.final_metrics, "eval": self.result.eval_metrics}
         if kind == "cost":
-            result["calibration"] = self.calibrate(cfg.out).to_dict()
+            cal = self.calibrate(cfg.out)
+            result["calibration"] = cal.to_dict() if cal is not None else None
         return result
 
     def calibrate(self, output_dir: str | None = None):
         """Fit P(unsafe) = σ((c − offset)/T) (:mod:`saferlhf.calibration`) on held-out labelled
         pairs (``calibration_data``, else ``eval_data``; else, flagged in-sample, the training
-        pairs) and write ``calibration.json`` beside the saved cost model."""
+        pairs) and write ``calibration.json`` beside the saved cost model. None (and no file,
+        with a message) when the fit is impossible: one label class, or scores that do not rise
+        with the unsafe label (an untrained model)."""
         from saferlhf.calibration import calibrate_score_model
         from saferlhf.data import load_pairs
         from saferlhf.io import describe_source
@@ -298,8 +301,13 @@ class ScoreModelTrainer:
                       "--calibration-data): in-sample, so over-confident; refit it on held-out pairs with "
                       "`saferlhf calibrate`")
         model = acc.unwrap_model(self.model)
-        cal = calibrate_score_model(model, self.processor, self.template, pairs, source=source,
-                                    max_length=cfg.max_length, batch_size=max(cfg.batch_size, 32))
+        try:
+            cal = calibrate_score_model(model, self.processor, self.template, pairs, source=source,
+                                        max_length=cfg.max_length, batch_size=max(cfg.batch_size, 32))
+        except ValueError as e:  # one label class only, or a model that does not (yet) separate them
+            acc.print(f"[cost-model] no calibration.json written: {e}. RL's unsafe-rate budget then reads σ(c) "
+                      "uncalibrated; fit it later with `saferlhf calibrate`")
+            return None
         acc.wait_for_everyone()
         if acc.is_main_process:
             cal.save(output_dir or cfg.out)
