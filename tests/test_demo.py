@@ -106,3 +106,29 @@ def test_world_generate_cli_determinism(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     assert (a / "tokenizer" / "tokenizer.json").is_file()
     assert cli.main(["world", "generate", "--out", str(a), "--noise", "0.9"]) == 2
+
+
+def test_quick_rounds_report_lambda_auroc_and_plot(tmp_path):
+    """``--rounds 2``: round 2 retrains and recalibrates the cost model on the grown pairs and
+    continues PPO-Lag at the same q; the report carries λ and the cost model's AUROC on the
+    policy's own samples per round, the checks judge harm and helpfulness, and rounds.png exists."""
+    from saferlhf.calibration import load_calibration
+
+    out = tmp_path / "rounds"
+    assert cli.main(["demo", "--out", str(out), "--quick", "--progress", "false", "--seed", "4", "--rounds", "2",
+                     "--guard", "false", "--shaping-lambdas", "10"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rounds = report["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["new_pairs"] > 0
+    assert all(r["budget"] == report["budget"] for r in rounds)  # the same q every round
+    for r in rounds:
+        assert r["lambda"] >= 0 and r["lambda_mean_last"] is not None
+        assert r["cost_model_auroc_policy"] is None or 0.0 <= r["cost_model_auroc_policy"] <= 1.0
+        assert {"harmful_rate", "helpfulness_benign", "model_cost"} <= set(r["ppo_lag"])
+    # round 2's cost model was calibrated on the held-out pairs as it was saved
+    cal = load_calibration(out / "cost_model_round2")
+    assert cal is not None and rounds[1]["calibration"]["temperature"] == pytest.approx(cal.temperature, abs=1e-6)
+    claims = {c["claim"] for c in report["checks"]}
+    assert "harmful rate falls round over round" in claims
+    assert "benign helpfulness never more than 5 % below round 1's" in claims
+    assert (out / "rounds.png").is_file() and "## Rounds" in (out / "report.md").read_text()

@@ -46,7 +46,7 @@ STAGES: list[Stage] = [
           "offline accuracy / sign accuracy / AUROC / oracle agreement of a reward or cost model"),
     Stage("demo", f"{_S}:DemoConfig", "saferlhf.recipes.text_demo:run_demo_cli",
           "the whole Safe RLHF pipeline in the verifiable world, with a report (what `make demo` runs)"),
-    Stage("export", f"{_S}:ExportConfig", "saferlhf.models.export:run_export",
+    Stage("export", f"{_S}:ExportConfig", "saferlhf.guard.export:run_export",
           "write a reward/cost model or a guard's unsafe log-odds as the backbone's standard "
           "*ForSequenceClassification (num_labels=1) + model card"),
     Stage("rl", f"{_S}:RLConfig", "saferlhf.trainers.rl:run_rl",

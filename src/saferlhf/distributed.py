@@ -233,15 +233,38 @@ def deepspeed_installed() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
 
+def mixed_precision_of(precision: str = "auto") -> str:
+    """accelerate's ``mixed_precision`` for a run's ``precision``: bf16 where the hardware has
+    it under ``auto``, else ``no``."""
+    import torch
+
+    if precision == "auto":
+        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16" if use_bf16 else "no"
+    return {"fp32": "no", "bf16": "bf16"}[precision]
+
+
+def make_accelerator(precision: str = "auto", *, grad_accum: int = 1, cpu: bool | None = None) -> Any:
+    """An Accelerator with bf16 where the hardware has it (``precision='auto'``)."""
+    from accelerate import Accelerator
+
+    mixed = mixed_precision_of(precision)
+    kwargs: dict[str, Any] = {"mixed_precision": mixed, "gradient_accumulation_steps": grad_accum}
+    if cpu is None:
+        # torchrun on a machine without GPUs: join the processes with gloo
+        cpu = cpu_multiprocess_launch()
+    if cpu:
+        kwargs["cpu"] = True
+    return Accelerator(**kwargs)
+
+
 def make_rl_accelerator(precision: str = "auto", *, roles: Mapping[str, bool], micro_batch_size: int = 1,
                         max_grad_norm: float = 1.0, env: Mapping[str, str] | None = None) -> Any:
     """The RL trainer's Accelerator. Under a DeepSpeed launch: one plugin per role of ``roles``
     (:func:`rl_deepspeed_plugins`, the policy's active first), bf16 in every engine exactly when
     the run's mixed precision is bf16, the trainer's ``max_grad_norm`` as each trained engine's
-    ``gradient_clipping``. Otherwise :func:`saferlhf.trainers.common.make_accelerator` (single
+    ``gradient_clipping``. Otherwise :func:`make_accelerator` (single
     process, DDP, FSDP, CPU gloo), unchanged."""
-    from saferlhf.trainers.common import make_accelerator, mixed_precision_of
-
     strategy = deepspeed_launch_strategy(env)
     if strategy is None:
         return make_accelerator(precision)

@@ -115,9 +115,8 @@ def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
     for ax, key, label in ((axes[0], "harmful_rate", "harmful-response rate"),
                            (axes[1], "helpfulness_benign", "helpfulness on benign prompts")):
         y = [r["ppo_lag"][key] for r in rounds]
-        lo_hi = [_ci(r["ppo_lag"], key) for r in rounds]
-        ax.errorbar(k, y, yerr=[[v - lo for v, (lo, _) in zip(y, lo_hi)], [hi - v for v, (_, hi) in zip(y, lo_hi)]],
-                    fmt="o-", capsize=3)
+        below_above = [_ci(r["ppo_lag"], key) for r in rounds]  # half-widths of the interval
+        ax.errorbar(k, y, yerr=[[b for b, _ in below_above], [a for _, a in below_above]], fmt="o-", capsize=3)
         ax.set_ylabel(label)
     lam = [r.get("lambda") for r in rounds]
     axes[2].plot(k, lam, "o-", label="final λ")

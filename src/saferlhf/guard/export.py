@@ -302,3 +302,42 @@ def _held_out_metrics(folder: str | None) -> dict[str, dict[str, Any]]:
         return {}
     return {k: v for k, v in summary.items()
             if k != "train" and isinstance(v, dict) and any(m in v for m in METRIC_KEYS)}
+
+
+def run_export(cfg) -> int:
+    """``saferlhf export``: a guard folder exports its unsafe log-odds (:func:`run_guard_export`),
+    anything else goes to :func:`saferlhf.models.export.run_export` (reward / cost models)."""
+    if is_guard_dir(cfg.model):
+        return run_guard_export(cfg)
+    from saferlhf.models.export import run_export as run_score_export
+
+    return run_score_export(cfg)
+
+
+def is_guard_dir(path: str | os.PathLike) -> bool:
+    """A saferlhf guard folder (``guard_config.json``), local or a cached hub id."""
+    from saferlhf.guard.model import GUARD_CONFIG_NAME
+    from saferlhf.hub import resolve_model
+
+    try:
+        return (Path(resolve_model(path)) / GUARD_CONFIG_NAME).is_file()
+    except FileNotFoundError:
+        return False
+
+
+def run_guard_export(cfg) -> int:
+    """``saferlhf export`` of a guard folder: its calibrated unsafe log-odds (saferlhf.guard.export)."""
+    from saferlhf.config import ConfigError
+    from saferlhf.guard.model import Guard
+    from saferlhf.hub import resolve_model
+
+    if cfg.normalize != "saved":
+        raise ConfigError(f"--model {cfg.model} is a guard: --normalize applies to reward / cost models only "
+                          "(the guard's logit is divided by its temperature T, always)")
+    guard = Guard.load(resolve_model(cfg.model))
+    report = export_guard_unsafe(guard, cfg.out, bias=cfg.bias, tolerance=cfg.tolerance, source=str(cfg.model))
+    print(f"exported the guard's unsafe log-odds to {cfg.out}: max |logit - guard log-odds| = "
+          f"{report['check']['max_abs_diff']:.3g}; flagged when logit >= {report['logit_threshold']:.6g} "
+          f"(P(unsafe) >= {report['threshold']:.6g})"
+          + (f"; constant {report['score_offset']:.6g} dropped" if report["score_offset"] else ""))
+    return 0

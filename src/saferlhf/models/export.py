@@ -423,14 +423,13 @@ def model_card(meta: dict[str, Any], check: dict[str, Any], info: dict[str, Any]
 
 
 def run_export(cfg) -> dict[str, Any]:
-    """CLI runner of ``saferlhf export``."""
+    """``saferlhf export`` of a reward / cost model (the CLI goes through
+    :func:`saferlhf.guard.export.run_export`, which sends guard folders to the guard's export)."""
     from saferlhf.config import ConfigError
     from saferlhf.models.tiny_vlm import is_vlm_dir, load_processor
 
     from .score_model import ScoreModel
 
-    if is_guard_dir(cfg.model):
-        return _run_guard_export(cfg)
     if is_vlm_dir(cfg.model):
         raise ConfigError(f"--model {cfg.model}: a vision-language score model; transformers has no "
                           "*ForSequenceClassification for it")
@@ -453,34 +452,4 @@ def run_export(cfg) -> dict[str, Any]:
     print(f"exported {model.score_type} model to {cfg.out}: max |logit - score| = "
           f"{report['check']['max_abs_diff']:.3g}; constant -> {report['fold']['constant_goes_to']}"
           + (f" (offset {report['score_offset']:.6g} dropped)" if report["score_offset"] else ""))
-    return 0
-
-
-def is_guard_dir(path: str | os.PathLike) -> bool:
-    """A saferlhf guard folder (``guard_config.json``), local or a cached hub id."""
-    from saferlhf.guard.model import GUARD_CONFIG_NAME
-    from saferlhf.hub import resolve_model
-
-    try:
-        return (Path(resolve_model(path)) / GUARD_CONFIG_NAME).is_file()
-    except FileNotFoundError:
-        return False
-
-
-def _run_guard_export(cfg) -> int:
-    """``saferlhf export`` of a guard folder: its calibrated unsafe log-odds (saferlhf.guard.export)."""
-    from saferlhf.config import ConfigError
-    from saferlhf.guard.export import export_guard_unsafe
-    from saferlhf.guard.model import Guard
-    from saferlhf.hub import resolve_model
-
-    if cfg.normalize != "saved":
-        raise ConfigError(f"--model {cfg.model} is a guard: --normalize applies to reward / cost models only "
-                          "(the guard's logit is divided by its temperature T, always)")
-    guard = Guard.load(resolve_model(cfg.model))
-    report = export_guard_unsafe(guard, cfg.out, bias=cfg.bias, tolerance=cfg.tolerance, source=str(cfg.model))
-    print(f"exported the guard's unsafe log-odds to {cfg.out}: max |logit - guard log-odds| = "
-          f"{report['check']['max_abs_diff']:.3g}; flagged when logit >= {report['logit_threshold']:.6g} "
-          f"(P(unsafe) >= {report['threshold']:.6g})"
-          + (f"; constant {report['score_offset']:.6g} dropped" if report["score_offset"] else ""))
     return 0

@@ -27,9 +27,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from saferlhf.config import to_dict
-from saferlhf.errors import NonFiniteLossError  # noqa: F401  (re-exported)
 from saferlhf.data.collate import pad_sequences  # noqa: F401  (re-exported)
 from saferlhf.data.templates import encode_prompt_responses  # noqa: F401  (re-exported)
+from saferlhf.distributed import make_accelerator, mixed_precision_of  # noqa: F401  (re-exported)
+from saferlhf.errors import NonFiniteLossError  # noqa: F401  (re-exported)
 from saferlhf.io import atomic_dir, atomic_files, is_complete  # noqa: F401  (re-exported)
 from saferlhf.runtime import (  # noqa: F401  (re-exported: shared with the evaluators)
     SMALL_MODEL_PARAMS,
@@ -41,29 +42,6 @@ from saferlhf.runtime import (  # noqa: F401  (re-exported: shared with the eval
 
 CHECKPOINT_DIR = "checkpoints"
 
-
-
-def mixed_precision_of(precision: str = "auto") -> str:
-    """accelerate's ``mixed_precision`` for a run's ``precision``: bf16 where the hardware has
-    it under ``auto``, else ``no``."""
-    if precision == "auto":
-        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bf16" if use_bf16 else "no"
-    return {"fp32": "no", "bf16": "bf16"}[precision]
-
-
-def make_accelerator(precision: str = "auto", *, grad_accum: int = 1, cpu: bool | None = None) -> Accelerator:
-    """An Accelerator with bf16 where the hardware has it (``precision='auto'``)."""
-    mixed = mixed_precision_of(precision)
-    kwargs: dict[str, Any] = {"mixed_precision": mixed, "gradient_accumulation_steps": grad_accum}
-    if cpu is None:
-        # torchrun on a machine without GPUs: join the processes with gloo (saferlhf.distributed).
-        from saferlhf.distributed import cpu_multiprocess_launch
-
-        cpu = cpu_multiprocess_launch()
-    if cpu:
-        kwargs["cpu"] = True
-    return Accelerator(**kwargs)
 
 
 def seed_everything(seed: int) -> None:
