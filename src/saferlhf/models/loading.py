@@ -269,22 +269,19 @@ def load_tokenizer(
 
     A missing pad token falls back to EOS (generation and score models need one).
     """
-    from transformers import AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor
+
+    from saferlhf.processing import load_tokenizer as load_text_tokenizer
+    from saferlhf.processing import prepare_tokenizer
 
     path = str(path)
     if os.path.isfile(os.path.join(path, "processor_config.json")) or os.path.isfile(
         os.path.join(path, "preprocessor_config.json")
     ):
         proc = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tok = getattr(proc, "tokenizer", proc)
-        result = proc
-    else:
-        tok = result = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token_id is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token
-    if padding_side is not None:
-        tok.padding_side = padding_side
-    return result
+        prepare_tokenizer(getattr(proc, "tokenizer", proc), padding_side=padding_side)
+        return proc
+    return load_text_tokenizer(path, padding_side=padding_side, trust_remote_code=trust_remote_code)
 
 
 def _is_vlm_config(config) -> bool:

@@ -270,7 +270,12 @@ def load_tokenizer(path: str | os.PathLike, *, padding_side: str | None = None,
     (generation and score models need one)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code),
+                             padding_side=padding_side)
+
+
+def prepare_tokenizer(tok, *, padding_side: str | None = None):
+    """Give ``tok`` a pad token (EOS when it has none) and, when given, a padding side."""
     if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     if padding_side is not None:

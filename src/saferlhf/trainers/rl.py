@@ -80,7 +80,7 @@ from saferlhf.distributed import (
     shard_frozen_models,
 )
 from saferlhf.errors import NonFiniteLossError
-from saferlhf.hub import hub_data_options
+from saferlhf.hub import hub_data_options_for
 from saferlhf.io import atomic_dir, describe_source
 from saferlhf.lagrange import (
     LagrangeMultiplier,
@@ -342,10 +342,10 @@ class SafeRLTrainer:
                                        top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
                                        repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
         eval_dataset = cfg.eval_prompts if eval_dataset is None else eval_dataset
-        records = _load_prompt_records(train_dataset, **(hub_data_options(cfg) if train_dataset is cfg.prompts else {}))
+        records = _load_prompt_records(train_dataset, **hub_data_options_for(train_dataset, cfg, "prompts"))
         eval_records = None
         if eval_dataset is not None:
-            hub = hub_data_options(cfg, "eval_data") if eval_dataset is cfg.eval_prompts else {}
+            hub = hub_data_options_for(eval_dataset, cfg, "eval_prompts", "eval_data")
             eval_records = _load_prompt_records(eval_dataset, **hub)
         self.prompts = [r.prompt for r in records]
         self.eval_prompts = [r.prompt for r in eval_records] if eval_records else None

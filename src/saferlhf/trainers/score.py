@@ -206,7 +206,7 @@ class ScoreModelTrainer:
                  train_dataset: Any = None, eval_dataset: Any = None, kind: str | None = None,
                  accelerator=None) -> None:
         from saferlhf.data import load_pairs
-        from saferlhf.hub import hub_data_options
+        from saferlhf.hub import hub_data_options_for
 
         kind = kind or ("cost" if isinstance(args, CostModelConfig) else "reward")
         if kind not in ("reward", "cost"):
@@ -229,12 +229,12 @@ class ScoreModelTrainer:
         self.template = (load_template(model, self.processor) if isinstance(model, (str, Path))
                          else self.processor.template)
         self.processor = as_processor(self.processor, self.template)  # encodes with the model's template
-        hub = hub_data_options(cfg) if data is cfg.data else {}
+        hub = hub_data_options_for(data, cfg, "data")
         self.pairs = load_pairs(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record, **hub).records
         eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
         self.eval_pairs = None
         if eval_data is not None:
-            hub = hub_data_options(cfg, "eval_data") if eval_data is cfg.eval_data else {}
+            hub = hub_data_options_for(eval_data, cfg, "eval_data", "eval_data")
             self.eval_pairs = load_pairs(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
                                          **hub).records
         self.model = _build_model(cfg, kind, model, self.processor, self.template)

@@ -125,7 +125,7 @@ class SFTTrainer:
     def __init__(self, args: SFTConfig, *, model: Any = None, processing_class: Any = None,
                  train_dataset: Any = None, eval_dataset: Any = None, accelerator=None) -> None:
         from saferlhf.data import load_sft
-        from saferlhf.hub import hub_data_options
+        from saferlhf.hub import hub_data_options_for
 
         cfg = self.args = args
         data = cfg.data if train_dataset is None else train_dataset
@@ -134,14 +134,14 @@ class SFTTrainer:
         seed_everything(cfg.seed)
         self.accelerator = accelerator or make_accelerator(cfg.precision, grad_accum=cfg.grad_accum)
         self.model, self.processor, self.template = _model_and_processor(cfg, model, processing_class)
-        hub = hub_data_options(cfg) if data is cfg.data else {}
+        hub = hub_data_options_for(data, cfg, "data")
         self.records = load_sft(data, format=cfg.data_format, on_bad_record=cfg.on_bad_record, **hub).records
         if not self.records:
             raise ConfigError(f"--data {describe_source(data)}: no usable SFT records")
         eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
         self.eval_records = None
         if eval_data is not None:
-            hub = hub_data_options(cfg, "eval_data") if eval_data is cfg.eval_data else {}
+            hub = hub_data_options_for(eval_data, cfg, "eval_data", "eval_data")
             self.eval_records = load_sft(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
                                          **hub).records
         self.meta: dict[str, Any] = {"stage": "sft"}
