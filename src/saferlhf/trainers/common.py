@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,7 +288,7 @@ def save_training_checkpoint(accelerator: Accelerator, out_dir: str | Path, stat
     with a :class:`~saferlhf.errors.CheckpointError`.
     """
     from saferlhf.errors import CheckpointError
-    from saferlhf.io import COMPLETE_MARKER
+    from saferlhf.io import publish_dir
     from saferlhf.trainers.resume import save_optimizer_safetensors
 
     final = Path(out_dir) / CHECKPOINT_DIR / f"step-{state.step}"
@@ -320,14 +319,7 @@ def save_training_checkpoint(accelerator: Accelerator, out_dir: str | Path, stat
         try:
             save_optimizer_safetensors(tmp)
             state.save(tmp / "trainer_state.json")
-            (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-            if final.exists():
-                old = final.parent / f".old-{final.name}-{os.getpid()}"
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(final)
+            publish_dir(tmp, final)
         except OSError as e:
             error = e
     error = _agree_on_error(accelerator, error)
