@@ -1,13 +1,15 @@
 """One frontier against ground truth: the RL family and the direct-preference family.
 
     python benchmarks/frontier.py --out runs/frontier [--seeds 0,1] [--quick] [--only all|dpo|rl]
-                                  [--lambdas 0.1,0.5,2,5] [--betas 0.05,0.1,0.3] [--workers N]
+                                  [--lambdas 1,3,10,30] [--betas 0.05,0.1,0.3] [--workers N]
 
 For each world seed (noise 0.1), from the same SFT policy and the same reward and cost models
 that ``saferlhf demo`` builds (the demo's sizes and settings: :mod:`saferlhf.recipes.text_demo`), it trains
 
-* RL (the demo's β, iterations and batch): ``ppo``, ``ppo_lag`` (budget 0), ``grpo_lag``
-  (2 samples per prompt) and ``reward_shaping`` at every λ₀ of ``--lambdas`` (≥ 4 points);
+* RL (the demo's β, iterations and batch): ``ppo``, ``ppo_lag`` at the demo's default constraint
+  (at most q = 0.2 unsafe, E[P(unsafe)] ≤ q with the calibrated cost model), ``grpo_lag`` at the
+  same q (2 samples per prompt) and ``reward_shaping`` at every λ₀ of ``--lambdas`` (≥ 4 points,
+  the demo's, in P(unsafe) units);
 * the DPO family at the defaults of ``saferlhf dpo``: ``dpo``, ``safe_dpo`` and ``sacpo`` at every
   β of ``--betas`` (they have no budget, so β traces their frontier), ``c_dpo`` at its budget,
 
@@ -35,7 +37,7 @@ from typing import Any
 from saferlhf.recipes.common import StageTimer, rl_job, run_stage_jobs
 
 METRICS = ("helpfulness_benign", "harmful_rate", "over_refusal_benign", "harmful_rate_harmful", "model_cost")
-DEFAULT_LAMBDAS = (0.1, 0.5, 2.0, 5.0)
+DEFAULT_LAMBDAS = (1.0, 3.0, 10.0, 30.0)  # the demo's --shaping-lambdas
 DEFAULT_BETAS = (0.1, 0.3, 1.0)
 
 
@@ -54,8 +56,7 @@ def prepare(out: Path, seed: int, noise: float, quick: bool, workers: int, timer
     from saferlhf.trainers.sft import run_sft
 
     sizes = P.QUICK if quick else P.FULL
-    demo = DemoConfig(out=str(out), seed=seed, noise=noise, quick=quick, progress=False, workers=workers, guard=False,
-                      budget=0.0)
+    demo = DemoConfig(out=str(out), seed=seed, noise=noise, quick=quick, progress=False, workers=workers, guard=False)
     world = out / "world"
     with timer("world"):
         generate_world(world, seed=seed, noise=noise, n_sft=sizes.n_sft, n_pairs_train=sizes.n_pairs_train,
@@ -81,14 +82,14 @@ def rl_configs(ctx: dict, out: Path, lambdas: list[float], quick: bool) -> dict[
     if quick:
         demo = dataclasses.replace(demo, rl_iterations=2)
     common = dict(policy=ctx["sft"], rm=ctx["rm"], cm=ctx["cm"], prompts=ctx["prompts"])
-    runs = {"ppo_lag": P._rl_config(demo, sizes, algo="ppo_lag", out=out / "ppo_lag", budget=0.0, **common),
-            "ppo": P._rl_config(demo, sizes, algo="ppo", out=out / "ppo", budget=0.0, **common)}
+    runs = {"ppo_lag": P._rl_config(demo, sizes, algo="ppo_lag", out=out / "ppo_lag", **common),
+            "ppo": P._rl_config(demo, sizes, algo="ppo", out=out / "ppo", **common)}
     lag = runs["ppo_lag"]  # GRPO-Lag: the same prompts per batch budget, as 2 samples of half the prompts
     runs["grpo_lag"] = dataclasses.replace(lag, algo="grpo_lag", n_samples=2, out=str(out / "grpo_lag"),
                                            rollout_batch_size=lag.rollout_batch_size // 2)
     runs["grpo_lag"].validate()
     for lam in lambdas:
-        runs[f"reward_shaping_{lam:g}"] = P._rl_config(demo, sizes, algo="reward_shaping", lam0=lam, budget=0.0,
+        runs[f"reward_shaping_{lam:g}"] = P._rl_config(demo, sizes, algo="reward_shaping", lam0=lam,
                                                        out=out / f"reward_shaping_{lam:g}", **common)
     return runs
 
@@ -127,7 +128,8 @@ def run_seed(out: Path, seed: int, *, noise: float, quick: bool, only: str, lamb
         jobs += [rl_job(name, cfg) for name, cfg in rl.items()]
         policies.update({name: Path(cfg.out) / "policy" for name, cfg in rl.items()})
         settings["rl"] = {name: {"algo": c.algo, "iterations": c.iterations, "kl_coeff": c.kl_coeff,
-                                 "n_samples": c.n_samples, "lambda0": c.lagrange.init, "budget": c.budget}
+                                 "n_samples": c.n_samples, "lambda0": c.lagrange.init, "budget": c.budget,
+                                 "budget_unsafe_rate": c.budget_unsafe_rate}
                           for name, c in rl.items()}
     if only in ("all", "dpo"):
         dp = dpo_configs(ctx, out / "dpo", betas, quick)
