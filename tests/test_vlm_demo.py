@@ -34,7 +34,6 @@ def test_image_demo_quick_writes_the_report(tmp_path):
     assert con["calibration"]["temperature"] == saved["temperature"] > 0 and saved["n"] > 0
     lagrange = json.loads((out / "rl" / "ppo_lag" / "lagrange.json").read_text())
     assert lagrange["budget_unsafe_rate"] == 0.1 and lagrange["cost_transform"] == "calibrated"
-    assert report["lagrange"]["lambda_mean_last"] is not None and report["lagrange"]["J_C_mean_last"] is not None
     assert all(0.0 <= m["model_cost"] <= 1.0 for m in report["methods"].values())  # P(unsafe) units
     for stage in ("world", "caption_pretraining", "sft", "reward_model", "cost_model", "cost_model_text_only",
                   "rl_ppo", "rl_ppo_lag", "eval_world", "total"):

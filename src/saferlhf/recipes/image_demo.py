@@ -273,12 +273,7 @@ def _image_rl_and_eval(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, sft
         rl_jobs.append(rl_job(algo, rl_cfg))
     rl = run.parallel("rl", rl_jobs)
     histories = {algo: rl[f"rl_{algo}"]["history"] for algo in ("ppo", "ppo_lag")}
-    # λ's (and J_C's, and the realised unsafe rate's) mean over the last iterations beside the
-    # last iterate's λ: a final λ far from its mean says the snapshot was taken mid-swing
-    finals = {algo: {"final_lambda": rl[f"rl_{algo}"]["final_lambda"], "at_cap": rl[f"rl_{algo}"]["at_cap"],
-                     **{k: (rl[f"rl_{algo}"].get("constraint") or {}).get(k)
-                        for k in ("lambda_mean_last", "J_C_mean_last", "unsafe_rate_mean_last")}}
-              for algo in ("ppo", "ppo_lag")}
+    finals = {algo: {k: rl[f"rl_{algo}"][k] for k in ("final_lambda", "at_cap")} for algo in ("ppo", "ppo_lag")}
     policies: dict[str, Path] = {"sft": sft, "ppo": out / "rl" / "ppo" / "policy",
                                  "ppo_lag": out / "rl" / "ppo_lag" / "policy"}
     evals = run.parallel("eval_world", [
