@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from saferlhf.cli import main
 
 M_KEYS = ("helpfulness_benign", "harmful_rate", "over_refusal_benign", "model_cost", "constraint_met", "ci95",
@@ -26,17 +24,15 @@ def test_image_demo_quick_writes_the_report(tmp_path):
         assert 0.0 <= report["cost_model"][key] <= 1.0
     assert 0.0 <= report["cost_model_text_only"]["auroc"] <= 1.0
     assert 0.0 <= report["reward_model"]["accuracy"] <= 1.0
-    # PPO-Lag constrains the unsafe rate, E[P(unsafe)] <= q = 0.1, with the CM-V's calibrated P
-    con = report["constraint"]
-    assert con["form"] == "unsafe_rate" and report["cost_transform"] == "calibrated"
-    assert report["budget"] == con["budget_unsafe_rate"] == 0.1 and report["lagrange"]["rule"] == "pid"
-    saved = json.loads((out / "cost_model" / "calibration.json").read_text())
-    assert con["calibration"]["temperature"] == saved["temperature"] > 0 and saved["n"] > 0
-    lagrange = json.loads((out / "rl" / "ppo_lag" / "lagrange.json").read_text())
-    assert lagrange["budget_unsafe_rate"] == 0.1 and lagrange["cost_transform"] == "calibrated"
-    assert all(0.0 <= m["model_cost"] <= 1.0 for m in report["methods"].values())  # P(unsafe) units
+    # PPO-Lag constrains E[σ(c)] with d calibrated on the held-out pairs (unsafe fraction 0.1)
+    cal = report["budget_calibration"]
+    assert report["cost_transform"] == "sigmoid" and report["lagrange"]["rule"] == "pid"
+    assert 0.0 < report["budget"] < 1.0 and report["budget"] == cal["budget"] and cal["unsafe_fraction"] == 0.1
+    s_bar, u_bar = cal["mean_p_unsafe_labelled_safe"], cal["mean_p_unsafe_labelled_unsafe"]
+    assert abs(cal["budget"] - (s_bar + 0.1 * (u_bar - s_bar))) < 1e-5
+    assert all(0.0 <= m["model_cost"] <= 1.0 for m in report["methods"].values())  # σ(c) units
     for stage in ("world", "caption_pretraining", "sft", "reward_model", "cost_model", "cost_model_text_only",
-                  "rl_ppo", "rl_ppo_lag", "eval_world", "total"):
+                  "budget", "rl_ppo", "rl_ppo_lag", "eval_world", "total"):
         assert report["timings_s"][stage] >= 0
     text = (out / "report.md").read_text()
     assert "Image-aware vs text-only cost model" in text
@@ -53,19 +49,3 @@ def test_image_demo_budget_outside_probability_range_is_a_config_error(tmp_path,
     assert "must lie in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "d" / "world").exists()  # rejected before any work
 
-
-
-def test_image_demo_constraint_forms():
-    from saferlhf.config import ConfigError
-    from saferlhf.config.stages import DemoConfig
-    from saferlhf.recipes.image_demo import IMAGE_DEMO_UNSAFE_RATE, _image_constraint
-
-    default = _image_constraint(DemoConfig(modality="image-text"))
-    assert default == {"form": "unsafe_rate", "budget": IMAGE_DEMO_UNSAFE_RATE,
-                       "budget_unsafe_rate": IMAGE_DEMO_UNSAFE_RATE, "cost_transform": "calibrated"}
-    assert _image_constraint(DemoConfig(modality="image-text", budget_unsafe_rate=0.05))["budget"] == 0.05
-    # --budget d keeps the uncalibrated σ(c) bound
-    raw = _image_constraint(DemoConfig(modality="image-text", budget=0.3))
-    assert raw["form"] == "sigmoid_cost" and raw["cost_transform"] == "sigmoid" and raw["budget"] == 0.3
-    with pytest.raises(ConfigError, match="not both"):
-        DemoConfig(modality="image-text", budget_unsafe_rate=0.1, image_budget=0.2).validate()

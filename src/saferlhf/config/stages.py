@@ -464,12 +464,11 @@ class DemoConfig:
     seed: int = option(0, ge=0, help="seed of the world, the models and the sampling")
     noise: float = option(0.1, help="annotator noise of the world's labels")
     budget_unsafe_rate: float | None = option(
-        None, help=f"ppo_lag's constraint as a maximum unsafe rate q, E[P(unsafe)] <= q with the cost model's "
-                   f"calibrated P(unsafe) (default when --budget is not given: {DEFAULT_UNSAFE_RATE} text, 0.1 "
-                   "image-text)")
+        None, help=f"text: ppo_lag's constraint as a maximum unsafe rate q, E[P(unsafe)] <= q with the cost "
+                   f"model's calibrated P(unsafe) (default {DEFAULT_UNSAFE_RATE} when --budget is not given)")
     budget: float | None = option(
         None, help="text: a raw mean-cost budget d instead (the paper's form, E[c] <= d); image-text: a bound "
-                   "on E[σ(c)] in (0, 1) instead of the unsafe-rate constraint, docs/multimodal.md §6")
+                   "on E[σ(c)] in (0, 1), by default calibrated for a 10 % unsafe fraction, docs/multimodal.md §6")
     sft_budget: bool = option(False, help="text: also run PPO-Lag at d = the SFT policy's mean raw learned cost "
                                           "(ppo_lag_sft_budget; --rounds then continue it): docs/demo.md")
     quick: bool = option(False, help="small sizes (<= 2 minutes): checks the pipeline, not the science")
@@ -478,7 +477,7 @@ class DemoConfig:
     vlm_style: Literal["llava", "qwen2_vl"] = option("llava", help="image-text: the tiny VLM's style")
     image_budget: float | None = option(
         None, help="image-text: budget d on E[σ(c)], in (0, 1), when --budget is not given "
-                   "(null: the unsafe-rate constraint)")
+                   "(null: calibrated, saferlhf.budget.calibrated_budget)")
     rounds: int = option(1, ge=1, help="rounds of Safe RLHF (new pairs from the latest policy, retrained cost model)")
     shaping_lambdas: list[float] = option(
         [1.0, 3.0, 10.0, 30.0], help="fixed λ₀ values of the reward-shaping baseline (a frontier in the units of "
@@ -500,8 +499,11 @@ class DemoConfig:
         if self.budget_unsafe_rate is not None:
             if not 0.0 < self.budget_unsafe_rate < 1.0:
                 raise ConfigError(f"budget_unsafe_rate must lie in (0, 1), got {self.budget_unsafe_rate}")
-            if self.budget is not None or self.image_budget is not None:
+            if self.budget is not None:
                 raise ConfigError("give --budget-unsafe-rate q or --budget d, not both")
+            if self.modality != "text":
+                raise ConfigError("--budget-unsafe-rate: the image demo sets its budget with --budget / "
+                                  "--image-budget (a bound on E[σ(c)], docs/multimodal.md §6)")
 
 
 @dataclass(kw_only=True)

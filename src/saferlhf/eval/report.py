@@ -351,8 +351,6 @@ def _constraint_text(report: dict[str, Any]) -> str:
     if c.get("form") == "unsafe_rate":
         return (f"constraint: at most q = {c['budget_unsafe_rate']} unsafe, E[P(unsafe)] ≤ q with the cost model's "
                 "calibrated P(unsafe)")
-    if c.get("form") == "sigmoid_cost":
-        return f"budget d = {report['budget']} on E[σ(c)] (the cost model's uncalibrated P(unsafe))"
     return f"budget d = {report['budget']} (mean cost)"
 
 

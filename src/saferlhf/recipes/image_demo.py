@@ -16,9 +16,8 @@ runs, the evaluations) run side by side in worker processes (``--workers``, as i
    with its image; plus a **text-only cost model** trained on the same pairs with the image
    removed (it never sees a picture: its AUROC is what the text alone allows);
 4. ``ppo`` and ``ppo_lag`` from the SFT VLM with the same β, iterations and batch; PPO-Lag
-   constrains the unsafe rate as the text demo does: E[P(unsafe)] ≤ q, P the CM-V's
-   calibrated probability (Platt scaling on the held-out pairs, ``calibration.json``), q = 0.1
-   by default (``--budget-unsafe-rate``); ``--budget d`` constrains E[σ(c)] ≤ d instead;
+   constrains the CM-V's expected P(unsafe), E[σ(c)] ≤ d, with d calibrated on the held-out
+   pairs for an unsafe fraction of 10 % (:func:`saferlhf.budget.calibrated_budget`);
 5. ground-truth evaluation of SFT, PPO and PPO-Lag on held-out (prompt, image) items with the
    image world's oracles (metrics M of DESIGN §10, with bootstrap intervals);
 6. ``report.json`` / ``report.md`` / PNG plots in the text demo's layout, plus
@@ -92,8 +91,10 @@ IMAGE_DEMO_VLM = {"vision_hidden_size": 64, "vision_layers": 1, "vision_heads": 
 # truncation_penalty −2 (both methods; TRL's missing-EOS penalty): without it, on seed 1, PPO
 # at β = 0.05 learned to repeat steps up to the 24-token cap (KL 44, oracle helpfulness 4.6 →
 # 1.9 while its reward rose from −0.4 to 6): the reward model never saw such responses.
+# cost_transform sigmoid: the constrained episode cost is σ(c), the CM-V's P(unsafe) (see
+# saferlhf.lagrange.transform_cost and the budget below).
 IMAGE_DEMO_RL = dict(temperature=1.0, max_new_tokens=24, kl_coeff=0.05, actor_lr=3e-4, critic_lr=5e-4,
-                     ppo_epochs=1, clip_score=10.0, truncation_penalty=-2.0)
+                     ppo_epochs=1, clip_score=10.0, truncation_penalty=-2.0, cost_transform="sigmoid")
 # A PID multiplier in P(unsafe) units (errors J_C − d of ±0.1): λ₀ = 5 starts inside the range
 # where refusing harmful images and answering benign ones is what the combined advantage
 # prefers (λ ≈ 2.5–30 with the demo's CM-V; below ~3 the actor answers everything).
@@ -103,12 +104,11 @@ IMAGE_DEMO_LAGRANGE = dict(RATE_LAGRANGE)  # the library's default multiplier, s
 # full answers to *benign* images (the annotators call the more cautious safe answer safer),
 # so any multiplier large enough to stop harmful answers also bought refusals of benign images.
 IMAGE_DEMO_COST_MODEL = {"rank_safe_pairs": False}
-# The budget: at most this share of unsafe responses, E[P(unsafe)] ≤ q with the CM-V's calibrated
-# P(unsafe) (the mechanism the text demo and `saferlhf rl` use). 0.1 is the unsafe fraction the
-# image demo's claims were first verified at (then as a calibrated bound on E[σ(c)]); the SFT VLM
-# answers ~23 % of harmful items, so q = 0.1 asks PPO-Lag to halve that. --budget-unsafe-rate
-# sets q; --budget D bounds E[σ(c)] (uncalibrated, in (0, 1)) instead.
-IMAGE_DEMO_UNSAFE_RATE = 0.1
+# The budget: at most this fraction of unsafe responses, as the CM-V measures it. d is set on
+# the held-out pairs (saferlhf.budget.calibrated_budget): d = s̄ + τ (ū − s̄), with s̄ / ū the mean σ(c) of the
+# responses labelled safe / unsafe, so J_C ≤ d reads "unsafe fraction ≤ τ" whatever the label
+# noise does to σ(c)'s range. --budget D (a value of σ(c), in (0, 1)) overrides it.
+IMAGE_DEMO_UNSAFE_FRACTION = 0.1
 FROZEN_AFTER_PRETRAINING = ["vision_tower"]
 MAX_LENGTH = 80  # 16 image tokens + prompt (<= 16) + response (<= 32) + EOS, with room
 
@@ -160,18 +160,26 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     run = DemoRun(out, cfg.workers or (os.cpu_count() or 1), cfg.progress)
     objects = [name for b, h, _ in DEFAULT_TWINS[: sizes.n_twins] for name in (b, h)]
-    constraint = _image_constraint(cfg)
+    # --budget when given, else --image-budget, else calibrated on the held-out pairs (below)
+    image_budget = cfg.budget if cfg.budget is not None else cfg.image_budget
+    if image_budget is not None and not 0.0 < float(image_budget) < 1.0:
+        raise ConfigError(f"--budget {image_budget}: the image demo constrains E[σ(c)], the CM-V's expected "
+                          "P(unsafe), so d must lie in (0, 1) (e.g. 0.15); leave it out to calibrate d for "
+                          f"an unsafe fraction of {IMAGE_DEMO_UNSAFE_FRACTION}")
 
     sft = _world_captions_and_sft(cfg, sizes, run, objects)
     summaries = _image_score_models(cfg, sizes, run, sft)
-    rm, cm = out / "reward_model", out / "cost_model"
-    if constraint["form"] == "unsafe_rate":
-        from saferlhf.calibration import load_calibration
+    world_dir, rm, cm = out / "world", out / "reward_model", out / "cost_model"
+    if image_budget is None:
+        from saferlhf.budget import calibrated_budget
 
-        cal = load_calibration(cm)
-        constraint["calibration"] = None if cal is None else cal.to_dict()
-    histories, finals, methods = _image_rl_and_eval(cfg, sizes, run, sft, rm, cm, constraint)
-    report = _image_report(cfg, sizes, run, objects, summaries, methods, finals, constraint)
+        with run.timer("budget"):
+            calibration = calibrated_budget(cm, world_dir, IMAGE_DEMO_UNSAFE_FRACTION)
+        budget = calibration["budget"]
+    else:
+        calibration, budget = None, float(image_budget)
+    histories, finals, methods = _image_rl_and_eval(cfg, sizes, run, sft, rm, cm, budget)
+    report = _image_report(cfg, sizes, run, objects, summaries, methods, finals, budget, calibration)
     from saferlhf.eval.report import write_report
 
     write_report(report, histories, out)
@@ -179,24 +187,6 @@ def run_image_demo(cfg: DemoConfig) -> dict[str, Any]:
     report["timings_s"]["total"] = round(time.perf_counter() - run.timer.started, 2)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def _image_constraint(cfg: DemoConfig) -> dict[str, Any]:
-    """The PPO-Lag constraint: E[P(unsafe)] ≤ q with the CM-V's calibrated P (the default, q from
-    ``--budget-unsafe-rate``), or E[σ(c)] ≤ d with ``--budget`` / ``--image-budget`` d."""
-    from saferlhf.config import ConfigError
-
-    d = cfg.budget if cfg.budget is not None else cfg.image_budget
-    if d is not None:
-        if cfg.budget_unsafe_rate is not None:
-            raise ConfigError("give --budget-unsafe-rate q or --budget d, not both")
-        if not 0.0 < float(d) < 1.0:
-            raise ConfigError(f"--budget {d}: the image demo's --budget bounds E[σ(c)], the CM-V's uncalibrated "
-                              "P(unsafe), so d must lie in (0, 1) (e.g. 0.15); leave it out for the default "
-                              f"unsafe-rate constraint q = {IMAGE_DEMO_UNSAFE_RATE} (--budget-unsafe-rate)")
-        return {"form": "sigmoid_cost", "budget": float(d), "budget_unsafe_rate": None, "cost_transform": "sigmoid"}
-    q = float(cfg.budget_unsafe_rate if cfg.budget_unsafe_rate is not None else IMAGE_DEMO_UNSAFE_RATE)
-    return {"form": "unsafe_rate", "budget": q, "budget_unsafe_rate": q, "cost_transform": "calibrated"}
 
 
 def _world_captions_and_sft(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, objects: list[str]) -> Path:
@@ -251,21 +241,18 @@ def _image_score_models(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, sf
 
 
 def _image_rl_and_eval(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, sft: Path, rm: Path, cm: Path,
-                       constraint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+                       budget: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``ppo`` and ``ppo_lag`` from the SFT VLM side by side, then the world evaluation of SFT, PPO
     and PPO-Lag; returns the RL histories, PPO-Lag's final multiplier and the evaluations."""
     from saferlhf.config import from_dict
 
     out, world_dir = run.out, run.out / "world"
     iterations = cfg.rl_iterations or sizes.rl_iterations
-    budget, transform = constraint["budget"], constraint["cost_transform"]
-    budget_keys = ({"budget_unsafe_rate": budget} if constraint["form"] == "unsafe_rate"
-                   else {"budget": budget, "cost_transform": transform})
     rl_jobs = []
     for algo in ("ppo", "ppo_lag"):
         rl_cfg = from_dict(RLConfig, dict(
             IMAGE_DEMO_RL, algo=algo, policy=str(sft), reward_model=str(rm), cost_model=str(cm),
-            prompts=str(world_dir / "prompts_train.jsonl"), out=str(out / "rl" / algo), **budget_keys,
+            prompts=str(world_dir / "prompts_train.jsonl"), out=str(out / "rl" / algo), budget=budget,
             iterations=iterations, rollout_batch_size=sizes.rollout_batch_size,
             mini_batch_size=sizes.mini_batch_size, seed=cfg.seed, progress=cfg.progress, log_every=20,
             lagrange=IMAGE_DEMO_LAGRANGE, actor_freeze=FROZEN_AFTER_PRETRAINING,
@@ -280,18 +267,17 @@ def _image_rl_and_eval(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, sft
         Job(f"eval_{name}", eval_policy, dict(
             path=path, world_dir=world_dir, cm=cm, budget=budget, n_boot=sizes.n_boot, seed=cfg.seed,
             out=out / "eval" / name, max_new_tokens=IMAGE_DEMO_RL["max_new_tokens"], modality="image-text",
-            cost_transform=transform))
+            cost_transform=IMAGE_DEMO_RL["cost_transform"]))
         for name, path in policies.items()])
     return histories, finals["ppo_lag"], {name: evals[f"eval_{name}"] for name in policies}
 
 
 def _image_report(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, objects: list[str],
                   summaries: dict[str, Any], methods: dict[str, Any], ppo_lag_final: dict[str, Any],
-                  constraint: dict[str, Any]) -> dict[str, Any]:
+                  budget: float, calibration: dict[str, Any] | None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "modality": "image-text", "vlm_style": cfg.vlm_style,
-        "seed": cfg.seed, "noise": cfg.noise, "budget": constraint["budget"],
-        "cost_transform": constraint["cost_transform"], "constraint": constraint,
+        "seed": cfg.seed, "noise": cfg.noise, "budget": budget, "cost_transform": IMAGE_DEMO_RL["cost_transform"],
         "quick": cfg.quick,
         "reward_model": rm_keys(summaries["reward_model"]),
         "cost_model": cm_keys(summaries["cost_model"]),
@@ -300,6 +286,7 @@ def _image_report(cfg: DemoConfig, sizes: ImageDemoSizes, run: DemoRun, objects:
         "lagrange": {**ppo_lag_final, "max_lambda": IMAGE_DEMO_LAGRANGE["max_lambda"],
                      "rule": IMAGE_DEMO_LAGRANGE["rule"]},
         "cost_model_settings": IMAGE_DEMO_COST_MODEL,
+        "budget_calibration": calibration,
         "rl_settings": {**IMAGE_DEMO_RL, "iterations": cfg.rl_iterations or sizes.rl_iterations,
                         "rollout_batch_size": sizes.rollout_batch_size, "lagrange": IMAGE_DEMO_LAGRANGE},
         "world": {"objects": objects, "render": IMAGE_DEMO_RENDER, "pair_mix": IMAGE_DEMO_PAIR_MIX,
@@ -318,20 +305,6 @@ def _gain_check(report: dict[str, Any], suffix: str, what: str) -> str:
     holds = "–" if gain is None else ("yes" if gain >= 0.2 else "no")
     shown = "–" if gain is None else f"{gain:.3f}"
     return f"| CM-V's AUROC ({what}) exceeds the text-only CM's by ≥ 0.2 | {holds} | gain {shown} |"
-
-
-def _constraint_text(report: dict[str, Any]) -> str:
-    con = report["constraint"]
-    if con["form"] == "sigmoid_cost":
-        return (f"PPO-Lag constrains E[σ(c)], the CM-V's uncalibrated probability that a response is unsafe "
-                f"(`cost_transform: sigmoid`), to d = {con['budget']:.4f} (`--budget`); the `model_cost` columns "
-                "above are in the same units.")
-    cal = con.get("calibration") or {}
-    how = ("" if not cal else f" (Platt scaling on {cal.get('n')} held-out responses: P = σ((c − "
-                             f"{cal.get('offset', 0):.3f}) / {cal.get('temperature', 1):.3f}))")
-    return (f"PPO-Lag constrains the unsafe rate: E[P(unsafe)] ≤ q = {con['budget']:.3f}, P the CM-V's calibrated "
-            f"probability that a response is unsafe (`cost_transform: calibrated`){how}; the `model_cost` columns "
-            "above are in the same units.")
 
 
 def _append_image_section(report: dict[str, Any], path: Path) -> None:
@@ -354,7 +327,15 @@ def _append_image_section(report: dict[str, Any], path: Path) -> None:
              "| claim | holds | numbers |", "|---|---|---|",
              _gain_check(report, "", "labels"), _gain_check(report, "_oracle", "oracle"), "",
              "## The constraint", "",
-             _constraint_text(report)]
+             (f"PPO-Lag constrains E[σ(c)], the CM-V's expected probability that a response is unsafe "
+              f"(`cost_transform: {report['cost_transform']}`), to d = {report['budget']:.4f}; the `model_cost` "
+              "columns above are in the same units.")]
+    cal = report.get("budget_calibration")
+    if cal:
+        lines += ["", (f"d is calibrated on the {cal['n']} held-out responses for an unsafe fraction τ = "
+                       f"{cal['unsafe_fraction']}: d = s̄ + τ (ū − s̄) with s̄ = {cal['mean_p_unsafe_labelled_safe']:.4f} "
+                       f"(mean σ(c) of responses labelled safe) and ū = {cal['mean_p_unsafe_labelled_unsafe']:.4f} "
+                       "(labelled unsafe).")]
     lines.append("")
     with path.open("a") as fh:
         fh.write("\n".join(lines))
