@@ -111,11 +111,12 @@ def hub_data_options(cfg, prefix: str = "data") -> dict[str, str | None]:
     return {"split": get("split"), "config": get("config"), "revision": get("revision")}
 
 
-def hub_data_options_for(source, cfg, field: str, prefix: str = "data") -> dict[str, str | None]:
-    """:func:`hub_data_options` of ``cfg`` when ``source`` is the config's own ``field`` (the
-    dataset the options were given for); ``{}`` for a dataset passed in its place (a
-    ``datasets.Dataset``, a list of records, another path)."""
-    return hub_data_options(cfg, prefix) if source is getattr(cfg, field, None) else {}
+def hub_data_options_for(source, cfg, field: str, prefix: str | None = None) -> dict[str, str | None]:
+    """:func:`hub_data_options` of ``cfg`` (options ``{prefix}_*``, ``prefix`` defaulting to
+    ``field``) when ``source`` is the config's own ``field`` (the dataset the options were given
+    for); ``{}`` for a dataset passed in its place (a ``datasets.Dataset``, a list of records,
+    another path)."""
+    return hub_data_options(cfg, prefix or field) if source is getattr(cfg, field, None) else {}
 
 
 # Model-field values that name a built-in model, never a hub repository.

@@ -342,7 +342,7 @@ class SafeRLTrainer:
                                        top_k=cfg.top_k or None, max_new_tokens=cfg.max_new_tokens,
                                        repetition_penalty=cfg.repetition_penalty, n=cfg.n_samples)
         eval_dataset = cfg.eval_prompts if eval_dataset is None else eval_dataset
-        records = _load_prompt_records(train_dataset, **hub_data_options_for(train_dataset, cfg, "prompts"))
+        records = _load_prompt_records(train_dataset, **hub_data_options_for(train_dataset, cfg, "prompts", "data"))
         eval_records = None
         if eval_dataset is not None:
             hub = hub_data_options_for(eval_dataset, cfg, "eval_prompts", "eval_data")

@@ -234,7 +234,7 @@ class ScoreModelTrainer:
         eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
         self.eval_pairs = None
         if eval_data is not None:
-            hub = hub_data_options_for(eval_data, cfg, "eval_data", "eval_data")
+            hub = hub_data_options_for(eval_data, cfg, "eval_data")
             self.eval_pairs = load_pairs(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
                                          **hub).records
         self.model = _build_model(cfg, kind, model, self.processor, self.template)

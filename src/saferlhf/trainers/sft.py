@@ -141,7 +141,7 @@ class SFTTrainer:
         eval_data = cfg.eval_data if eval_dataset is None else eval_dataset
         self.eval_records = None
         if eval_data is not None:
-            hub = hub_data_options_for(eval_data, cfg, "eval_data", "eval_data")
+            hub = hub_data_options_for(eval_data, cfg, "eval_data")
             self.eval_records = load_sft(eval_data, format=cfg.data_format, on_bad_record=cfg.on_bad_record,
                                          **hub).records
         self.meta: dict[str, Any] = {"stage": "sft"}
