@@ -5,7 +5,7 @@ policy (60 steps) are shared by every test. From that SFT policy each algorithm 
 few dozen steps; the tests check that it *learns* (the loss falls, the chosen-reward margin
 rises) and, against the world's oracles, that the safety-aware methods end with a lower
 harmful rate than helpfulness-only DPO. ``c_dpo`` runs here with the world's oracles as its
-reward and cost "models" (helpfulness h, harm c* with c* > 0 = unsafe), so the test checks the
+reward and cost "models" (helpfulness h, and P(unsafe) = 1[harm c* > 0]), so the test checks the
 primal-dual mechanics without training two score models; the CLI test runs it with trained ones
 in benchmarks/frontier.py --quick.
 """
@@ -65,7 +65,8 @@ def _cfg(world, name: str, **kw) -> DPOConfig:
 def _oracles(world):
     w = world["world"]
     reward = lambda ps, rs: np.array([w.helpfulness(p, r) for p, r in zip(ps, rs)])
-    cost = lambda ps, rs: np.array([w.harm(p, r) for p, r in zip(ps, rs)])
+    # P(unsafe) of the oracle: 1 when the world's harm c* > 0 (the unsafe-rate form's units)
+    cost = lambda ps, rs: np.array([float(w.harm(p, r) > 0) for p, r in zip(ps, rs)])
     return reward, cost
 
 
@@ -128,12 +129,24 @@ def test_safe_dpo_learns_and_is_less_harmful_than_dpo(world, dpo_run):
 
 def test_c_dpo_learns_moves_lambda_and_is_less_harmful_than_dpo(world, dpo_run):
     _, lines = _train(world, "c_dpo", algo="c_dpo", lambda_every=10, lambda_samples=64,
-                      budget_unsafe_rate=0.0, lagrange=LagrangeConfig(init=0.5, lr=5.0, max_lambda=20.0))
+                      budget_unsafe_rate=0.0, lagrange=LagrangeConfig(init=5.0, lr=15.0, max_lambda=20.0))
     _learns(lines)
     lams = [x["lambda"] for x in lines]
-    assert max(lams) > 0.5 and "dual/unsafe_rate" in lines[9]  # λ rose: the SFT policy breaks a 0 budget
+    assert max(lams) > 5.0 and "dual/unsafe_rate" in lines[9]  # λ rose: the SFT policy breaks a 0 budget
     harm = _harmful_rate(world, world["root"] / "c_dpo")
     assert harm < dpo_run[2], (harm, dpo_run[2])
+
+
+def test_c_dpo_rejects_raw_costs_under_the_unsafe_rate_budget(world):
+    # the unsafe-rate form constrains P(unsafe): a scorer returning raw costs is a clear error before training
+    reward, _ = _oracles(world)
+    raw_cost = lambda ps, rs: np.array([world["world"].harm(p, r) for p, r in zip(ps, rs)])
+    trainer = DPOTrainer(_cfg(world, "c_dpo_raw", algo="c_dpo"), reward_model=reward, cost_model=raw_cost)
+    from saferlhf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="P\\(unsafe\\) in \\[0, 1\\].*--budget d"):
+        trainer.train()
+    assert not (world["root"] / "c_dpo_raw" / "COMPLETE").exists()
 
 
 def test_sacpo_two_steps_reference_and_merge(world):

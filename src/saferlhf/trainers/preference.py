@@ -19,9 +19,10 @@ Every algorithm reads the dual-preference records (:class:`saferlhf.data.Prefere
 * ``c_dpo``: by ``r − λc`` from the trained reward and cost models (scores of the pairs computed
   once: the models are frozen); every ``lambda_every`` steps the current policy answers
   ``lambda_samples`` training prompts, the cost model scores them and λ takes one projected
-  dual-ascent step (:class:`saferlhf.lagrange.LagrangeMultiplier`) on the unsafe rate
-  (share of samples with cost > 0) against ``--budget-unsafe-rate``, or on the mean cost against
-  ``--budget``.
+  dual-ascent step (:class:`saferlhf.lagrange.LagrangeMultiplier`). The constraint is PPO-Lag's:
+  by default the unsafe rate E[P(unsafe)] <= ``--budget-unsafe-rate`` q with the cost model's
+  calibrated P(unsafe) (:mod:`saferlhf.calibration`), and the pairs are relabelled by
+  ``r − λ·P(unsafe)``; with ``--budget d`` the raw mean cost E[c] <= d and ``r − λc``.
 
 Log-probs are sums over response tokens only: a batch is laid out as [left-padded prompt |
 right-padded response] and :func:`saferlhf.models.policy.forward_logprobs` reads the token at
@@ -360,8 +361,21 @@ class DPOTrainer:
 
             if not Path(given).is_dir():
                 raise FileNotFoundError(f"--{which}-model {given}: not a folder")
-            return CostScorer(given, max_length=self.args.max_length)
+            # the cost in the constraint's units: calibrated P(unsafe) for the unsafe-rate form
+            transform = "calibrated" if which == "cost" and self.args.budget is None else "identity"
+            return CostScorer(given, max_length=self.args.max_length, transform=transform)
         return given
+
+    def _constraint_costs(self, scorer, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """The cost scorer's values in the constraint's units; a callable must return P(unsafe) in
+        [0, 1] for the unsafe-rate form (a folder is calibrated by :class:`CostScorer`)."""
+        costs = torch.as_tensor(np.asarray(scorer(prompts, responses), dtype=np.float32))
+        if self.args.budget is None and bool(((costs < 0) | (costs > 1)).any()):
+            raise ConfigError(
+                f"c_dpo --budget-unsafe-rate constrains P(unsafe) in [0, 1], but the cost scorer returned values in "
+                f"[{float(costs.min()):.3g}, {float(costs.max()):.3g}]: give a cost model folder (its calibration "
+                f"maps costs to P(unsafe)), a callable returning probabilities, or --budget d for raw mean costs")
+        return costs
 
     def _score_pairs(self) -> dict[str, torch.Tensor]:
         rm, cm = self._scorer("reward"), self._scorer("cost")
@@ -372,10 +386,10 @@ class DPOTrainer:
         ra = [dec(e.resp_a, skip_special_tokens=True).strip() for e in recs]
         rb = [dec(e.resp_b, skip_special_tokens=True).strip() for e in recs]
         out = {}
-        for name, scorer in (("reward", rm), ("cost", cm)):
-            s = np.asarray(scorer(prompts + prompts, ra + rb), dtype=np.float32)
-            out[f"{name}_a"] = torch.from_numpy(s[:len(recs)])
-            out[f"{name}_b"] = torch.from_numpy(s[len(recs):])
+        scores = {"reward": torch.as_tensor(np.asarray(rm(prompts + prompts, ra + rb), dtype=np.float32)),
+                  "cost": self._constraint_costs(cm, prompts + prompts, ra + rb)}
+        for name, s in scores.items():
+            out[f"{name}_a"], out[f"{name}_b"] = s[:len(recs)], s[len(recs):]
         self._cost_scorer = cm
         return out
 
@@ -401,11 +415,12 @@ class DPOTrainer:
             sampler = PolicySampler(policy, self.tokenizer, self.template, temperature=1.0,
                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 100003 + step)
             responses = sampler.sample(prompts)
-        costs = torch.as_tensor(np.asarray(self._cost_scorer(prompts, responses), dtype=np.float32))
-        per_episode = costs if cfg.budget is not None else (costs > 0).float()
-        stats = self.lagrange.step(per_episode)
+        costs = self._constraint_costs(self._cost_scorer, prompts, responses)
+        stats = self.lagrange.step(costs)
+        # unsafe_rate: the share the (calibrated) cost model calls unsafe, P(unsafe) > 1/2 or c > 0
+        unsafe = costs > (0.5 if cfg.budget is None else 0.0)
         return {"lambda": stats["lambda"], "J_C": stats["J_C"], "J_C_minus_d": stats["J_C_minus_d"],
-                "unsafe_rate": float((costs > 0).float().mean()), "mean_cost": float(costs.mean())}
+                "unsafe_rate": float(unsafe.float().mean()), "mean_cost": float(costs.mean())}
 
     # -- loss ---------------------------------------------------------------------------------
 
@@ -565,6 +580,9 @@ class DPOTrainer:
                                         "budget": self.lagrange.config.budget,
                                         "budget_kind": "mean_cost" if cfg.budget is not None else "unsafe_rate",
                                         "at_cap": self.lagrange.at_cap}
+            cal = getattr(self._cost_scorer, "calibration", None)
+            if cal is not None:  # what P(unsafe) was: the cost model's calibration
+                self.summary["lagrange"]["calibration"] = cal.to_dict()
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             tmp = out / f".summary.json.tmp-{os.getpid()}"
