@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from saferlhf.config import ConfigError, from_dict, parse_args
@@ -50,3 +52,12 @@ def test_one_multiplier_config_with_one_set_of_defaults():
     assert (shaping.rule, shaping.init) == ("fixed", 2.5)
     with pytest.raises(ConfigError, match="log_sgd"):
         from_dict(RLConfig, {"out": "o", "lagrange": {"rule": "log_sgd", "init": 0.0}})
+
+
+def test_c_dpo_shares_ppo_lag_constraint_and_multiplier_defaults():
+    # one set of defaults: c_dpo's budget and multiplier are PPO-Lag's (docs/frontier.md)
+    from saferlhf.config.stages import DEFAULT_UNSAFE_RATE, DPOConfig
+
+    dpo, rl = DPOConfig(out="o", algo="c_dpo", model="m", data="d"), RLConfig(out="o")
+    assert dpo.budget_unsafe_rate == rl.budget_unsafe_rate == DEFAULT_UNSAFE_RATE and dpo.budget is None
+    assert dataclasses.replace(dpo.lagrange, budget=rl.lagrange.budget) == rl.lagrange

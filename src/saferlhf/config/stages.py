@@ -725,11 +725,12 @@ class DPOConfig(TrainConfig):
     reward_model: str | None = option(None, help="c_dpo: reward model dir")
     cost_model: str | None = option(None, help="c_dpo: cost model dir")
     budget_unsafe_rate: float = option(
-        0.05, help="c_dpo: budget on the share of policy samples the cost model calls unsafe (cost > 0)")
+        DEFAULT_UNSAFE_RATE, help="c_dpo: PPO-Lag's constraint, a maximum unsafe rate q: E[P(unsafe)] <= q over the "
+                                  "policy's samples, with the cost model's calibrated P(unsafe) (docs/rl.md §4)")
     budget: float | None = option(
-        None, help="c_dpo: budget d on the mean cost of policy samples instead of the unsafe rate (null: use the rate)")
-    lagrange: LagrangeConfig = dataclasses.field(default_factory=lambda: LagrangeConfig(
-        init=0.0, lr=2.0, max_lambda=20.0))  # c_dpo's multiplier (measured: λ₀ 0 beat 1, docs/frontier.md)
+        None, help="c_dpo: budget d on the raw mean cost of policy samples instead of the unsafe rate (null: use the rate)")
+    # c_dpo's multiplier: PPO-Lag's (PID, λ₀ 5); measured against λ₀ 0 and projected ascent, docs/frontier.md
+    lagrange: LagrangeConfig = dataclasses.field(default_factory=LagrangeConfig)
     lambda_every: int = option(10, help="c_dpo: optimiser steps between dual updates (each samples the policy)")
     lambda_samples: int = option(128, help="c_dpo: prompts sampled from the current policy per dual update")
     max_new_tokens: int = option(32, help="c_dpo: response length cap of those samples")
@@ -752,8 +753,8 @@ class DPOConfig(TrainConfig):
             raise ConfigError("sacpo_merge must be in [0, 1]")
         if self.sacpo_merge is not None and self.algo != "sacpo":
             raise ConfigError("--sacpo-merge applies to --algo sacpo only")
-        if not 0.0 <= self.budget_unsafe_rate <= 1.0:
-            raise ConfigError("budget_unsafe_rate must be in [0, 1]")
+        if not 0.0 <= self.budget_unsafe_rate < 1.0:
+            raise ConfigError(f"budget_unsafe_rate must be in [0, 1) (a share of responses), got {self.budget_unsafe_rate}")
         if self.lagrange.budget != 0.0:
             raise ConfigError("dpo: give the budget as --budget-unsafe-rate or --budget (lagrange.budget is not read)")
         self.lagrange.validate()

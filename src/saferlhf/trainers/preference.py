@@ -18,8 +18,8 @@ Every algorithm reads the dual-preference records (:class:`saferlhf.data.Prefere
   (``--sacpo-order``), optionally merged linearly with the first (``--sacpo-merge``, P-SACPO);
 * ``c_dpo``: by ``r − λc`` from the trained reward and cost models (scores of the pairs computed
   once: the models are frozen); every ``lambda_every`` steps the current policy answers
-  ``lambda_samples`` training prompts, the cost model scores them and λ takes one projected
-  dual-ascent step (:class:`saferlhf.lagrange.LagrangeMultiplier`). The constraint is PPO-Lag's:
+  ``lambda_samples`` training prompts, the cost model scores them and λ takes one dual step
+  (:class:`saferlhf.lagrange.LagrangeMultiplier`, PPO-Lag's PID by default). The constraint is PPO-Lag's:
   by default the unsafe rate E[P(unsafe)] <= ``--budget-unsafe-rate`` q with the cost model's
   calibrated P(unsafe) (:mod:`saferlhf.calibration`), and the pairs are relabelled by
   ``r − λ·P(unsafe)``; with ``--budget d`` the raw mean cost E[c] <= d and ``r − λc``.
