@@ -84,8 +84,9 @@ class _FakeEngineModel:
     def __init__(self):
         self.loaded: list[str] = []
 
-    def load_weights(self, weights):
-        self.loaded = [name for name, _ in weights]
+    def load_weights(self, weights):  # copies each tensor as it arrives, as vLLM's loaders do
+        self.values = {name: t.clone() for name, t in weights}
+        self.loaded = list(self.values)
 
 
 class _FakeLLM:
@@ -155,3 +156,54 @@ def test_sync_weights_of_a_peft_policy_sends_merged_base_names(fake_vllm):
     VLLMRolloutBackend(policy, SimpleNamespace(eos_token_id=2, pad_token_id=0), model_path="x",
                        engine=engine).sync_weights()
     assert set(engine.model.loaded) == names  # no base_model.model. / lora_A / base_layer names
+
+
+def test_iter_full_weights_is_the_state_dict_module_by_module():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from saferlhf.distributed import iter_full_weights
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    model.register_buffer("kept", torch.ones(2))  # a persistent buffer is part of the weights
+    full, want = dict(iter_full_weights(model)), model.state_dict()
+    assert list(full) == list(want)  # tied lm_head included under its own name; no rotary inv_freq
+    assert all(torch.equal(full[k], want[k]) for k in want)
+
+
+def test_sync_weights_gathers_zero3_shards_one_module_at_a_time(fake_vllm, monkeypatch):
+    # A stand-in for ZeRO-3: partitioned parameters carry ds_id and hold an empty shard; the
+    # stand-in GatheredParameters fills them on entry and empties them on exit.
+    policy = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    full = {id(p): p.detach().clone() for p in policy.parameters()}
+    want = {k: v.clone() for k, v in policy.state_dict().items()}
+    for p in policy.parameters():
+        p.ds_id, p.data = id(p), torch.empty(0)
+    live, peak, calls = set(), [0], []
+
+    class Gathered:
+        def __init__(self, params, modifier_rank=None):
+            self.params = list(params)
+            calls.append((len(self.params), modifier_rank))
+
+        def __enter__(self):
+            for p in self.params:
+                p.data = full[id(p)].clone()
+                live.add(id(p))
+            peak[0] = max(peak[0], len(live))
+
+        def __exit__(self, *exc):
+            for p in self.params:
+                p.data = torch.empty(0)
+                live.discard(id(p))
+
+    ds = types.ModuleType("deepspeed")
+    ds.zero = SimpleNamespace(GatheredParameters=Gathered)
+    monkeypatch.setitem(sys.modules, "deepspeed", ds)
+    engine = _FakeLLM()
+    VLLMRolloutBackend(policy, SimpleNamespace(eos_token_id=2, pad_token_id=0), model_path="x",
+                       engine=engine).sync_weights()
+    assert list(engine.model.values) == list(want)
+    assert all(torch.equal(engine.model.values[k], want[k]) for k in want)  # full values, not shards
+    assert calls == [(2, None), (2, None)] and peak[0] == 2  # one Linear's weight and bias at a time
+    assert all(p.numel() == 0 for p in policy.parameters())  # partitioned again afterwards

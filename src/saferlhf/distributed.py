@@ -36,9 +36,10 @@ FSDP config runs as gloo data parallelism; docs/scale.md says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -408,6 +409,45 @@ def inference_context() -> Any:
     except ImportError:  # pragma: no cover - transformers is a dependency
         return torch.inference_mode()
     return torch.no_grad() if is_deepspeed_zero3_enabled() else torch.inference_mode()
+
+
+# ----------------------------------------------------------------------------- ZeRO-3 weights
+def is_zero3_partitioned(param: Any) -> bool:
+    """A parameter DeepSpeed ZeRO-3 has partitioned (it carries ``ds_id``; its local data is a shard)."""
+    return hasattr(param, "ds_id")
+
+
+def gathered_parameters(params: Iterable[Any]) -> contextlib.AbstractContextManager:
+    """A context in which the ZeRO-3-partitioned ``params`` hold their full values on every
+    rank (``deepspeed.zero.GatheredParameters``, read-only: changes made inside are dropped);
+    a no-op for ordinary parameters. Collective under ZeRO-3: every rank must enter it."""
+    part = [p for p in params if is_zero3_partitioned(p)]
+    if not part:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(part, modifier_rank=None)
+
+
+def iter_full_weights(model: Any) -> Iterator[tuple[str, Any]]:
+    """``(name, tensor)`` for every entry of ``model.state_dict()`` with its full value, one
+    module at a time.
+
+    Under ZeRO-3 each module's own parameters are gathered only while the caller consumes
+    them, so the peak is one module's full weights, not the model's (a 7B policy synced into a
+    colocated vLLM engine would otherwise need a second full copy on every GPU). The caller
+    must copy each tensor before asking for the next. Collective under ZeRO-3: every rank must
+    consume the whole iterator."""
+    for prefix, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        buffers = [(n, b) for n, b in module.named_buffers(recurse=False)
+                   if b is not None and n not in module._non_persistent_buffers_set]
+        if not own and not buffers:
+            continue
+        head = f"{prefix}." if prefix else ""
+        with gathered_parameters([p for _, p in own]):
+            for name, tensor in (*own, *buffers):
+                yield head + name, tensor.detach()
 
 
 # ----------------------------------------------------------------------------- saving

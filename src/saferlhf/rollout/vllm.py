@@ -173,22 +173,27 @@ class VLLMRolloutBackend(RolloutBackend):
         if model is not None:
             self.model = model
         policy = self.unwrap(self.model) if self.unwrap is not None else self.model
+        # Under ZeRO-3 every rank's engine needs the full weights: gathered here (collective).
+        from saferlhf.distributed import gathered_parameters, iter_full_weights
+
         if self.lora:
             from vllm.lora.request import LoRARequest
 
             self._lora_version += 1
             path = os.path.join(self._lora_dir.name, f"v{self._lora_version}")
-            policy.save_pretrained(path)
+            with gathered_parameters(p for p in policy.parameters() if p.requires_grad):  # the adapter only
+                policy.save_pretrained(path)
             self._lora_request = LoRARequest(f"policy-v{self._lora_version}", self._lora_version, path)
             return
         from saferlhf.models.loading import is_peft_model, peft_clean_state_dict
 
         with torch.no_grad():
             if is_peft_model(policy):  # adapter merged into the base, under the base model's names
-                items = peft_clean_state_dict(policy, merged=True, to_cpu=False).items()
-            else:
-                items = policy.state_dict().items()
-            self._engine_model().load_weights(weights=((name, p.detach()) for name, p in items))
+                with gathered_parameters(policy.parameters()):
+                    items = peft_clean_state_dict(policy, merged=True, to_cpu=False).items()
+                    self._engine_model().load_weights(weights=((name, p.detach()) for name, p in items))
+            else:  # one module's weights at a time (bounded memory under ZeRO-3)
+                self._engine_model().load_weights(weights=iter_full_weights(policy))
         reset = getattr(self.engine, "reset_prefix_cache", None)
         if callable(reset):
             reset()  # cached prefixes hold keys/values of the old weights
