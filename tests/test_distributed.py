@@ -74,6 +74,42 @@ def test_plugins_build_without_deepspeed():
     assert all(p.zero_stage == 3 for p in plugins.values())
 
 
+def test_zero3_auto_sizes_resolve_from_a_vlm_text_config():
+    # accelerate reads config.hidden_size, which a LLaVA config lacks (it is under text_config)
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlavaConfig
+
+    from saferlhf.config import ConfigError
+    from saferlhf.distributed import model_hidden_size, prepare_models, resolve_hidden_size_auto
+
+    vlm = SimpleNamespace(config=LlavaConfig(text_config=LlamaConfig(hidden_size=48, num_attention_heads=4).to_dict()))
+    assert not hasattr(vlm.config, "hidden_size") and model_hidden_size(vlm) == 48
+    assert model_hidden_size(SimpleNamespace(config=LlamaConfig(hidden_size=32, num_attention_heads=4))) == 32
+    plugins = rl_deepspeed_plugins("zero3", roles={"policy": True, "reference": False})
+    zero = plugins["policy"].hf_ds_config.config["zero_optimization"]
+    assert zero["reduce_bucket_size"] == "auto"
+
+    class Acc:  # what prepare_models reads of an Accelerator under DeepSpeed
+        distributed_type = "DistributedType.DEEPSPEED"
+        state = SimpleNamespace(deepspeed_plugins=plugins, selected=[],
+                                select_deepspeed_plugin=lambda role: Acc.state.selected.append(role))
+
+        @staticmethod
+        def prepare(model, opt=None):
+            assert not plugins[Acc.state.selected[-1]].is_auto("zero_optimization.reduce_bucket_size")
+            return model if opt is None else (model, opt)
+
+    prepare_models(Acc, {"policy": (vlm, "opt")})
+    assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"],
+            zero["stage3_param_persistence_threshold"]) == (48 * 48, int(0.9 * 48 * 48), 480)
+    assert Acc.state.selected == ["policy", "policy"]
+    cfg = deepspeed_config("zero3", train=False)
+    with pytest.raises(ConfigError, match="reduce_bucket_size.*set them to integers"):
+        resolve_hidden_size_auto(cfg, SimpleNamespace(), "reward_model")
+    assert resolve_hidden_size_auto(deepspeed_config("zero2", train=False), SimpleNamespace())  # no auto: untouched
+
+
 _DS_SCRIPT = """
 import os, sys, types, torch
 os.environ.update(ACCELERATE_USE_DEEPSPEED="true", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0",

@@ -292,6 +292,56 @@ def make_rl_accelerator(precision: str = "auto", *, roles: Mapping[str, bool], m
     return acc
 
 
+# accelerate fills these ZeRO "auto" entries from ``model.config.hidden_size`` (the same formulas),
+# which vision-language configs (LLaVA, Qwen2-VL) keep under ``text_config``: accelerate then
+# refuses the model. They are resolved here from the text config before the engine is built.
+HIDDEN_SIZE_AUTO_KEYS: dict[str, Callable[[int], int]] = {
+    "reduce_bucket_size": lambda h: h * h,
+    "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
+    "stage3_param_persistence_threshold": lambda h: 10 * h,
+}
+
+
+def model_hidden_size(model: Any) -> int | None:
+    """The hidden size of a model's (text) decoder: ``config.hidden_size``, else that of
+    ``config.get_text_config()`` (VLMs), else the largest of ``config.hidden_sizes``."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    text = cfg.get_text_config() if callable(getattr(cfg, "get_text_config", None)) else cfg
+    for c in (cfg, text):
+        if isinstance(getattr(c, "hidden_size", None), int):
+            return int(c.hidden_size)
+    sizes = getattr(cfg, "hidden_sizes", None) or getattr(text, "hidden_sizes", None)
+    return int(max(sizes)) if sizes else None
+
+
+def resolve_hidden_size_auto(ds_config: dict[str, Any], model: Any, role: str = "model") -> dict[str, Any]:
+    """Replace the hidden-size-based ``"auto"`` entries of a DeepSpeed config dict's
+    ``zero_optimization`` (in place) with their values for ``model``; returns the dict."""
+    zero = ds_config.get("zero_optimization") or {}
+    auto = [k for k in HIDDEN_SIZE_AUTO_KEYS if zero.get(k) == "auto"]
+    if not auto:
+        return ds_config
+    h = model_hidden_size(model)
+    if h is None:
+        from saferlhf.config import ConfigError
+
+        raise ConfigError(f"DeepSpeed config of {role!r}: cannot fill {', '.join(auto)} = 'auto' (the model has no "
+                          f"config.hidden_size, text_config.hidden_size or hidden_sizes); set them to integers")
+    for k in auto:
+        zero[k] = HIDDEN_SIZE_AUTO_KEYS[k](h)
+    return ds_config
+
+
+def _select_plugin_for(accelerator: Any, plugins: Mapping[str, Any], role: str, model: Any) -> None:
+    """Make ``role``'s DeepSpeed plugin the active one, its ``auto`` sizes resolved for ``model``."""
+    accelerator.state.select_deepspeed_plugin(role)
+    ds = getattr(getattr(plugins[role], "hf_ds_config", None), "config", None)
+    if isinstance(ds, dict):
+        resolve_hidden_size_auto(ds, model, role)
+
+
 def is_deepspeed(accelerator: Any) -> bool:
     return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
 
@@ -319,7 +369,7 @@ def prepare_models(accelerator: Any, models: Mapping[str, tuple[Any, Any]]) -> d
             if plugins:
                 if role not in plugins:
                     raise KeyError(f"prepare_models: no DeepSpeed plugin for {role!r} (plugins: {', '.join(plugins)})")
-                accelerator.state.select_deepspeed_plugin(role)
+                _select_plugin_for(accelerator, plugins, role, model)
             if opt is None:
                 out[role] = (accelerator.prepare(model), None)
             else:
@@ -358,7 +408,7 @@ def shard_frozen_models(accelerator: Any, models: Mapping[str, Any]) -> dict[str
     for role, module in models.items():
         if module is None or role not in plugins or int(plugins[role].zero_stage) != 3:
             continue
-        accelerator.state.select_deepspeed_plugin(role)
+        _select_plugin_for(accelerator, plugins, role, module)
         engine = accelerator.prepare(module)
         if engine in accelerator._models:
             accelerator._models.remove(engine)
