@@ -234,10 +234,26 @@ from pathlib import Path
 from saferlhf.trainers.rl import SafeRLTrainer
 root = Path(sys.argv[1])
 out = root / sys.argv[5]
+models = sys.argv[4] == "models"  # reward and cost models from folders, critics started from them
 cfg = T.toy_config(root / "policy-llama-0", root / "prompts.jsonl", out, iterations=int(sys.argv[3]),
                    rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4, save_every=1,
-                   resume=sys.argv[4] == "resume")
-tr = SafeRLTrainer(cfg, reward_fn=T.reward_fn, cost_fn=T.cost_fn)
+                   resume=sys.argv[4] == "resume",
+                   **({"reward_model": str(root / "rm"), "cost_model": str(root / "cm"), "critic_init": "reward_model",
+                       "cost_transform": "identity"} if models else {}))
+# record whether each model read from a folder came back partitioned (ZeRO-3 zero.Init at load)
+import saferlhf.trainers.rl as R
+loaded = []
+_causal_lm, _from_backbone = R.load_causal_lm, R.ScoreModel.from_backbone.__func__
+def _rec(kind, m, params):
+    loaded.append([kind, all(hasattr(p, "ds_id") for p in params)])
+    return m
+R.load_causal_lm = lambda *a, **k: (lambda m: _rec("causal_lm", m, m.parameters()))(_causal_lm(*a, **k))
+R.ScoreModel.from_backbone = classmethod(
+    lambda cls, *a, **k: (lambda m: _rec("critic", m, m.backbone.parameters()))(_from_backbone(cls, *a, **k)))
+_from_pretrained = R.ScoreModel.from_pretrained.__func__
+R.ScoreModel.from_pretrained = classmethod(
+    lambda cls, *a, **k: (lambda m: _rec("score_model", m, m.backbone.parameters()))(_from_pretrained(cls, *a, **k)))
+tr = SafeRLTrainer(cfg) if models else SafeRLTrainer(cfg, reward_fn=T.reward_fn, cost_fn=T.cost_fn)
 acc = tr.accelerator
 before = {n: {k: v.float().clone() for k, v in acc.get_state_dict(m).items()}
           for n, m in [("policy", tr.policy), *tr.critics.items()]}
@@ -256,7 +272,7 @@ critic_ok = all(v.numel() > 0 for v in critic.values())
 print("RESULT " + json.dumps({"saved_policy_matches": saved_ok and len(saved) > 0, "critic_ok": critic_ok,
     "type": str(acc.distributed_type), "plugins": list(acc.state.deepspeed_plugins),
     "engines": {n: type(m).__name__ for n, m in [("policy", tr.policy), *tr.critics.items()]},
-    "frozen": sorted(tr._frozen_engines), "stage": acc.state.deepspeed_plugin.zero_stage,
+    "frozen": sorted(tr._frozen_engines), "stage": acc.state.deepspeed_plugin.zero_stage, "loaded": loaded,
     "changed": changed, "steps": [h["reward"] for h in hist],
     "ckpt": sorted(p.name for p in (out / "checkpoints").iterdir()),
     "metric_steps": [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]}))
@@ -285,6 +301,8 @@ def test_zero3_rl_trains_with_real_deepspeed_engines(tmp_path):
     assert r["type"].endswith("DEEPSPEED") and r["stage"] == 3
     assert r["engines"] == {"policy": "DeepSpeedEngine", "reward": "DeepSpeedEngine", "cost": "DeepSpeedEngine"}
     assert r["frozen"] == ["reference"]
+    # policy, reference (from the policy's folder) and both critics were partitioned at load
+    assert r["loaded"] == [["causal_lm", True], ["causal_lm", True], ["critic", True], ["critic", True]], r["loaded"]
     assert all(r["changed"].values()), r["changed"]
     assert len(r["steps"]) == 2 and r["metric_steps"] == [1, 2]
     assert r["ckpt"] == ["step-1"]  # the three trained engines' states (frozen engines left out)
@@ -294,6 +312,18 @@ def test_zero3_rl_trains_with_real_deepspeed_engines(tmp_path):
     # resume from step 1 to 3 == 3 iterations straight (engine and optimiser states restored)
     resumed = run(3, "resume", "out")
     assert resumed["metric_steps"] == [1, 2, 3] and resumed["ckpt"] == ["step-1", "step-2"]
+    # the six models of PPO-Lag from folders: reward and cost models, and critics started from them
+    from saferlhf.models.score_model import ScoreModel
+
+    from transformers import AutoTokenizer
+
+    for name in ("rm", "cm"):
+        ScoreModel.from_backbone(tmp_path / "policy-llama-0", score_type="reward", seed=1).save_pretrained(tmp_path / name)
+        AutoTokenizer.from_pretrained(tmp_path / "policy-llama-0").save_pretrained(tmp_path / name)
+    six = run(2, "models", "six")
+    assert six["loaded"] == [["causal_lm", True], ["causal_lm", True]] + [["score_model", True]] * 4, six["loaded"]
+    assert six["frozen"] == ["cost_model", "reference", "reward_model"] and all(six["changed"].values())
+
     straight = run(3, "fresh", "straight")
     from safetensors.torch import load_file
 

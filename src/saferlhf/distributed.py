@@ -282,10 +282,9 @@ def make_rl_accelerator(precision: str = "auto", *, roles: Mapping[str, bool], m
                                    gradient_clipping=max_grad_norm, precision="bf16" if mixed == "bf16" else "fp32")
     acc = Accelerator(mixed_precision=mixed, deepspeed_plugins=plugins)
     # Selecting a ZeRO-3 plugin registers its config with transformers, and from_pretrained then
-    # builds models under deepspeed.zero.Init (partitioned at load). The RL trainer copies the
-    # loaded policy (the reference, a critic from the policy backbone), which a partitioned
-    # model does not survive, so models load whole and are partitioned when their engine is
-    # built (prepare_models selects each plugin again, which registers it anew).
+    # builds models under deepspeed.zero.Init (partitioned at load). Registration is explicit
+    # instead: the RL trainer loads each model inside partitioned_loading(role) (and never copies
+    # a partitioned model); prepare_models selects each plugin again when building the engines.
     from transformers.integrations import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
@@ -340,6 +339,49 @@ def _select_plugin_for(accelerator: Any, plugins: Mapping[str, Any], role: str, 
     ds = getattr(getattr(plugins[role], "hf_ds_config", None), "config", None)
     if isinstance(ds, dict):
         resolve_hidden_size_auto(ds, model, role)
+
+
+def _zero3_plugin(accelerator: Any, role: str) -> Any:
+    """``role``'s DeepSpeed plugin when the run is DeepSpeed and that plugin is ZeRO-3, else None."""
+    if not is_deepspeed(accelerator):
+        return None
+    plugin = (getattr(accelerator.state, "deepspeed_plugins", None) or {}).get(role)
+    return plugin if plugin is not None and int(plugin.zero_stage) == 3 else None
+
+
+def loads_partitioned(accelerator: Any) -> bool:
+    """Whether models of this run can be built partitioned at load (the policy's plugin is ZeRO-3)."""
+    return _zero3_plugin(accelerator, "policy") is not None
+
+
+@contextlib.contextmanager
+def partitioned_loading(accelerator: Any, role: str, model_dir: str | os.PathLike | None = None) -> Iterator[bool]:
+    """While ``role``'s model is loaded inside this context, under a ZeRO-3 run: its plugin is
+    registered with transformers, so ``from_pretrained`` builds the model under
+    ``deepspeed.zero.Init`` and each rank holds only its shard from the start (a 7B model is
+    never whole on one GPU, which is what the memory plan assumes). Yields whether it is on.
+
+    zero.Init reads the config, so its hidden-size ``auto`` entries are resolved first from
+    ``model_dir``'s config. Afterwards the registration is removed again: nothing else loads
+    partitioned by accident (:func:`prepare_models` selects each plugin anew)."""
+    plugin = _zero3_plugin(accelerator, role)
+    if plugin is None:
+        yield False
+        return
+    from types import SimpleNamespace
+
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    ds = getattr(getattr(plugin, "hf_ds_config", None), "config", None)
+    if isinstance(ds, dict) and model_dir is not None:
+        from transformers import AutoConfig
+
+        resolve_hidden_size_auto(ds, SimpleNamespace(config=AutoConfig.from_pretrained(model_dir)), role)
+    accelerator.state.select_deepspeed_plugin(role)
+    try:
+        yield True
+    finally:
+        unset_hf_deepspeed_config()
 
 
 def is_deepspeed(accelerator: Any) -> bool:

@@ -74,7 +74,9 @@ from saferlhf.distributed import (
     backward_step,
     full_state_dict_if_sharded,
     inference_context,
+    loads_partitioned,
     make_rl_accelerator,
+    partitioned_loading,
     prepare_models,
     rl_model_roles,
     shard_frozen_models,
@@ -320,12 +322,16 @@ class SafeRLTrainer:
             micro_batch_size=cfg.mini_batch_size, max_grad_norm=cfg.max_grad_norm)
         dev = self.accelerator.device
 
+        # Under ZeRO-3 every model read from a folder is built partitioned (deepspeed.zero.Init),
+        # and nothing partitioned is copied: the reference and critics load from their folders.
+        self._partitioned = loads_partitioned(self.accelerator) and isinstance(policy, (str, os.PathLike))
+        self._policy_source = policy
         policy_model = self._load_policy(policy, processing_class)
-        # The reference is the LoRA-disabled policy (no copy) or a frozen copy, made before training.
-        self.reference = ReferenceModel(policy_model)
-        self.reward_scorer = self._scorer(reward_src, reward_fn is not None, cfg.normalize_reward, dev)
+        self.reference = self._make_reference(policy, policy_model)
+        self.reward_scorer = self._scorer(reward_src, reward_fn is not None, cfg.normalize_reward, dev,
+                                          role="reward_model")
         self.cost_scorer = None if cost_src is None else self._scorer(cost_src, cost_fn is not None,
-                                                                    cfg.normalize_cost, dev)
+                                                                    cfg.normalize_cost, dev, role="cost_model")
         # The unsafe-rate form reads P(unsafe) through the cost model's calibration.json.
         self.cost_calibration = None
         if cfg.cost_transform == "calibrated" and cost_src is not None:
@@ -380,8 +386,9 @@ class SafeRLTrainer:
             processor = as_processor(processing_class) if processing_class is not None else load_processor(policy)
             self.template = load_template(policy, processor)
             self.policy_meta = read_meta(policy)
-            model = load_causal_lm(policy, dtype="bf16" if cfg.precision == "bf16" else "fp32",
-                                   gradient_checkpointing=cfg.gradient_checkpointing)
+            with self._loading("policy", policy):
+                model = load_causal_lm(policy, dtype=self._load_dtype,
+                                       gradient_checkpointing=cfg.gradient_checkpointing)
         else:
             if processing_class is None:
                 raise ConfigError("a policy object needs processing_class= (its tokenizer or processor)")
@@ -405,6 +412,29 @@ class SafeRLTrainer:
         disable_dropout(model)  # dropout would make the first-epoch ratio differ from 1
         return model.to(self.accelerator.device)
 
+    @property
+    def _load_dtype(self) -> str:
+        return "bf16" if self.cfg.precision == "bf16" else "fp32"
+
+    def _loading(self, role: str, source: Any):
+        """:func:`~saferlhf.distributed.partitioned_loading` of ``role`` when this run loads
+        partitioned and ``source`` is a folder; a no-op context otherwise."""
+        import contextlib
+
+        if self._partitioned and isinstance(source, (str, os.PathLike)):
+            return partitioned_loading(self.accelerator, role, source)
+        return contextlib.nullcontext(False)
+
+    def _make_reference(self, policy: Any, policy_model) -> ReferenceModel:
+        """π_ref, made before training: the LoRA-disabled policy (no copy), else a frozen copy of
+        the policy, or under ZeRO-3 the policy's folder loaded again, partitioned."""
+        from saferlhf.models.loading import is_peft_model
+
+        if self._partitioned and not is_peft_model(policy_model):
+            with self._loading("reference", policy):
+                return ReferenceModel(policy_model, ref_model=load_causal_lm(policy, dtype=self._load_dtype))
+        return ReferenceModel(policy_model)
+
     def _make_backend(self, policy: Any):
         """The rollout backend of ``--backend``: HF ``generate`` on the live policy (default), or a
         colocated vLLM engine started from the policy folder and re-synced after every update
@@ -420,12 +450,14 @@ class SafeRLTrainer:
         return make_rollout_backend(cfg.backend, self.policy, self.processor, unwrap=self.accelerator.unwrap_model,
                                     **extra)
 
-    def _scorer(self, source: Any, batch_fn: bool, normalize: bool, device: torch.device):
+    def _scorer(self, source: Any, batch_fn: bool, normalize: bool, device: torch.device, *, role: str):
         if batch_fn:
             return FunctionScorer(source, device)
         # Frozen scorers are only read: bf16 weights when the run is bf16 (half the memory).
         dtype = "bf16" if self.cfg.precision == "bf16" else None
-        return make_scorer(source, self.processor, self.template, normalize=normalize, device=device, dtype=dtype)
+        with self._loading(role, source):
+            return make_scorer(source, self.processor, self.template, normalize=normalize, device=device,
+                               dtype=dtype)
 
     def _critic_names(self) -> tuple[str, ...]:
         """The critics :meth:`_build_critics` makes: one per stream, or ``shared``."""
@@ -629,19 +661,25 @@ class SafeRLTrainer:
         cfg, streams = self.cfg, self.algo.critics
         scorers = {"reward": self.reward_scorer, "cost": self.cost_scorer}
 
-        def start(name: str) -> ScoreModel:
+        def start(name: str, role: str) -> ScoreModel:
             scorer = scorers[name]
             source = getattr(scorer, "source", None)
             if cfg.critic_init == "policy" or source is None:
+                if self._partitioned:  # from the policy's folder: a partitioned policy cannot be copied
+                    with self._loading(role, self._policy_source):
+                        return ScoreModel.from_backbone(self._policy_source, score_type="critic",
+                                                        dtype=self._load_dtype)
                 return ScoreModel.from_backbone(policy, score_type="critic", dtype=None)
             if isinstance(source, ScoreModel):
                 return source.copy_as_critic()
-            return ScoreModel.from_pretrained(source, normalize=False, score_type="critic")
+            with self._loading(role, source):
+                return ScoreModel.from_pretrained(source, normalize=False, score_type="critic")
 
         if cfg.critic_mode == "shared" and len(streams) > 1:
-            first = start(streams[0])
+            first = start(streams[0], "shared_critic")
+            # first is ours alone: its backbone is taken over (no copy, so a partitioned one works too)
             critic = ScoreModel.from_backbone(first, score_type="critic", score_dim=len(streams), dtype=None,
-                                              seed=cfg.seed)
+                                              seed=cfg.seed, copy=False)
             with torch.no_grad():  # the first stream keeps its score model's head as its value head
                 critic.score_head.weight[0].copy_(first.score_head.weight[0])
                 if critic.score_head.bias is not None and first.score_head.bias is not None:
@@ -652,7 +690,7 @@ class SafeRLTrainer:
             built = {"shared": critic}
             plan = {"shared": [(name, k) for k, name in enumerate(streams)]}
         else:
-            built = {name: start(name) for name in streams}
+            built = {name: start(name, f"{name}_critic") for name in streams}
             plan = {name: [(name, 0)] for name in streams}
         for critic in built.values():
             if cfg.critic_freeze:
