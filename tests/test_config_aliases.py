@@ -50,6 +50,11 @@ def test_one_multiplier_config_with_one_set_of_defaults():
     assert (ppo.rule, ppo.init) == ("fixed", 0.0)
     shaping = RLConfig(out="o", algo="reward_shaping", lagrange=LagrangeConfig(init=2.5)).multiplier_config()
     assert (shaping.rule, shaping.init) == ("fixed", 2.5)
+    # the cap bounds a learned λ only: a shaping run at λ₀ = 30 > λ_max = 20 runs at 30
+    from saferlhf.lagrange import LagrangeMultiplier
+
+    wide = RLConfig(out="o", algo="reward_shaping", lagrange=LagrangeConfig(init=30.0)).multiplier_config()
+    assert LagrangeMultiplier(wide).value == 30.0 and not LagrangeMultiplier(wide).at_cap
     with pytest.raises(ConfigError, match="log_sgd"):
         from_dict(RLConfig, {"out": "o", "lagrange": {"rule": "log_sgd", "init": 0.0}})
 

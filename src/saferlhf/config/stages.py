@@ -294,11 +294,12 @@ class RLConfig:
 
     def multiplier_config(self) -> LagrangeConfig:
         """The multiplier this algorithm runs: ``lagrange`` as given for the algorithms that learn
-        λ; ``fixed`` at λ₀ for ``reward_shaping``; fixed at 0 for ``ppo``."""
+        λ; ``fixed`` at λ₀ for ``reward_shaping``; fixed at 0 for ``ppo``. λ_max bounds a learned
+        multiplier only: a shaping run at λ₀ above it runs at λ₀."""
         if self.algo in ("ppo_lag", "grpo_lag"):
             return self.lagrange
         return dataclasses.replace(self.lagrange, rule="fixed", init=0.0 if self.algo == "ppo" else self.lagrange.init,
-                                   parametrisation="direct")
+                                   parametrisation="direct", max_lambda=None)
 
     def validate(self) -> None:
         if self.resume and self.overwrite:
