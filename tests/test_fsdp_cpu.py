@@ -104,14 +104,35 @@ def test_reward_model_two_processes(world, sft):
     assert ScoreModel.from_pretrained(str(out)) is not None
 
 
-@pytest.mark.slow
-def test_ppo_lag_two_processes_resumes(world, sft):
-    from transformers import AutoModelForCausalLM
-
-    rm = world / "rm_inproc"
-    for stage, out in (("reward-model", rm), ("cost-model", world / "cm")):
+@pytest.fixture(scope="module")
+def score_models(world, sft) -> tuple[Path, Path]:
+    rm, cm = world / "rm_inproc", world / "cm"
+    for stage, out in (("reward-model", rm), ("cost-model", cm)):
         assert main([stage, "--model", str(sft), "--data", str(world / "world/pairs_train.jsonl"), "--out",
                      str(out), "--max-steps", "1", "--batch-size", "8", "--progress", "false"]) == 0
+    return rm, cm
+
+
+def test_c_dpo_two_processes(world, sft, score_models):
+    # the DPO family under the same launch; c_dpo's dual steps gather both processes' samples
+    from transformers import AutoModelForCausalLM
+
+    out = world / "c_dpo"
+    launch("dpo", "--algo", "c_dpo", "--model", str(sft), "--data", str(world / "world/pairs_train.jsonl"),
+           "--reward-model", str(score_models[0]), "--cost-model", str(score_models[1]), "--out", str(out),
+           "--max-steps", "2", "--batch-size", "4", "--lambda-every", "1", "--lambda-samples", "4",
+           "--max-new-tokens", "4", "--progress", "false")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all("dual/J_C" in x for x in lines)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.slow
+def test_ppo_lag_two_processes_resumes(world, sft, score_models):
+    from transformers import AutoModelForCausalLM
+
+    rm = score_models[0]
     out = world / "rl"
     common = ["rl", "--algo", "ppo_lag", "--policy", str(sft), "--reward-model", str(rm), "--cost-model",
               str(world / "cm"), "--prompts", str(world / "world/prompts_train.jsonl"), "--out", str(out),
