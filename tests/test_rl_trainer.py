@@ -275,6 +275,30 @@ def test_lora_policy_uses_disabled_adapter_as_reference(toy):
     assert not any("lora" in k for k in merged.state_dict())
 
 
+def test_lora_critics_with_gradient_checkpointing_train_adapters_and_heads_only(toy):
+    # the memory levers of a large run: LoRA critics (value heads fully trained), checkpointed
+    from saferlhf.models.score_model import ScoreModel
+
+    out = toy["root"] / "lora_critics"
+    cfg = T.toy_config(toy["policy"], toy["prompts"], out, iterations=3, critic_lora_r=4,
+                       gradient_checkpointing=True)
+    tr = SafeRLTrainer(cfg, reward_fn=T.reward_fn, cost_fn=T.cost_fn)
+    before = {}
+    for name, critic in tr.critics.items():
+        assert critic.is_lora and critic.is_gradient_checkpointing
+        trainable = {n for n, q in critic.named_parameters() if q.requires_grad}
+        assert trainable and all("lora_" in n or n.startswith("score_head") for n in trainable), trainable
+        assert any(n.startswith("score_head") for n in trainable)
+        before[name] = {n: q.detach().clone() for n, q in critic.named_parameters()}
+    hist = tr.train()["history"]
+    assert all(math.isfinite(h["critic/reward_explained_variance"]) for h in hist)
+    for name, critic in tr.critics.items():
+        moved = {n for n, q in critic.named_parameters() if not torch.equal(q.detach(), before[name][n])}
+        assert moved and all("lora_" in n or n.startswith("score_head") for n in moved), moved
+    loaded = ScoreModel.from_pretrained(out / "reward_critic")  # the saved critic loads back
+    assert loaded.score_config.score_type == "critic"
+
+
 # ----------------------------------------------------------------------------- observability / CLI
 
 

@@ -443,7 +443,7 @@ def plan_from_config(cfg) -> Plan:
     precision = "bf16" if cfg.precision == "auto" else cfg.precision
     return plan_memory(
         policy=policy, score=score, algo=cfg.algo, strategy=strategy, gpus=gpus, gpu_mem_gb=gpu_mem,
-        lora_r=cfg.lora_r, critic_lora_r=p.critic_lora_r, critic_mode=cfg.critic_mode,
+        lora_r=cfg.lora_r, critic_lora_r=cfg.critic_lora_r or p.critic_lora_r, critic_mode=cfg.critic_mode,
         critic_init=cfg.critic_init, precision=precision, rollout_rows=rows, micro_batch=micro,
         prompt_length=p.prompt_length, response_length=cfg.max_new_tokens,
         gradient_checkpointing=cfg.gradient_checkpointing,

@@ -184,7 +184,8 @@ class PlanOptions:
     prompt_length: int = option(512, ge=1, help="longest prompt in tokens (sequence = prompt + max_new_tokens)")
     micro_batch_size: int | None = option(
         None, help="sequences per training forward/backward (null: mini_batch_size)")
-    critic_lora_r: int = option(0, ge=0, help="LoRA rank of the critics (0: full fine-tuning)")
+    critic_lora_r: int = option(0, ge=0, help="LoRA rank of the critics for the plan when the run sets none "
+                                              "(the run's own critic_lora_r wins)")
     overhead_gb: float = option(3.0, ge=0, help="fixed per-GPU overhead: CUDA context, allocator fragmentation")
 
 
@@ -268,12 +269,15 @@ class RLConfig:
     lora_r: int = option(0, ge=0, help="LoRA rank of the policy (0: full); the reference is then the disabled adapter")
     lora_alpha: int = option(16, ge=1, help="LoRA alpha")
     lora_targets: list[str] = option([], help="LoRA target modules (empty: all linear layers)")
+    critic_lora_r: int = option(
+        0, ge=0, help="LoRA rank of the critics (0: full fine-tuning); alpha and targets as the policy's, value "
+                      "heads fully trained")
     actor_freeze: list[str] = option(
         [], help="VLM policy parts kept frozen: any of vision_tower, projector, language_model")
     critic_freeze: list[str] = option(
         [], help="VLM critic parts kept frozen: any of vision_tower, projector, language_model")
     precision: Precision = option("auto", help="auto = bf16 on GPUs that support it, else fp32")
-    gradient_checkpointing: bool = option(False, help="trade compute for memory")
+    gradient_checkpointing: bool = option(False, help="trade compute for memory (the policy and the critics)")
     seed: int = option(0, ge=0, help="seed of prompt order and sampling")
     eval_every: int = option(0, ge=0, help="evaluate on eval_prompts every N iterations (0: at the end only)")
     save_every: int = option(0, ge=0, help="checkpoint every N iterations for --resume (0: end only)")

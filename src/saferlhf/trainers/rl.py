@@ -693,6 +693,11 @@ class SafeRLTrainer:
             built = {name: start(name, f"{name}_critic") for name in streams}
             plan = {name: [(name, 0)] for name in streams}
         for critic in built.values():
+            if cfg.critic_lora_r:  # a LoRA score model it started from is merged first: one adapter
+                critic.merge_lora().apply_lora({"r": cfg.critic_lora_r, "alpha": cfg.lora_alpha,
+                                                "target_modules": list(cfg.lora_targets) or "all-linear"})
+            if cfg.gradient_checkpointing:
+                critic.gradient_checkpointing_enable()
             if cfg.critic_freeze:
                 freeze_vlm_parts(critic, cfg.critic_freeze)
             disable_dropout(critic)
