@@ -239,7 +239,8 @@ cfg = T.toy_config(root / "policy-llama-0", root / "prompts.jsonl", out, iterati
                    rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4, save_every=1,
                    resume=sys.argv[4] == "resume",
                    **({"reward_model": str(root / "rm"), "cost_model": str(root / "cm"), "critic_init": "reward_model",
-                       "cost_transform": "identity"} if models else {}))
+                       "cost_transform": "identity", "critic_lora_r": 4, "gradient_checkpointing": True, "lora_r": 4}
+                      if models else {}))
 # record whether each model read from a folder came back partitioned (ZeRO-3 zero.Init at load)
 import saferlhf.trainers.rl as R
 loaded = []
@@ -313,6 +314,7 @@ def test_zero3_rl_trains_with_real_deepspeed_engines(tmp_path):
     resumed = run(3, "resume", "out")
     assert resumed["metric_steps"] == [1, 2, 3] and resumed["ckpt"] == ["step-1", "step-2"]
     # the six models of PPO-Lag from folders: reward and cost models, and critics started from them
+    # (LoRA policy and critics, gradient checkpointing: the memory levers of a 7B run)
     from saferlhf.models.score_model import ScoreModel
 
     from transformers import AutoTokenizer
@@ -321,8 +323,14 @@ def test_zero3_rl_trains_with_real_deepspeed_engines(tmp_path):
         ScoreModel.from_backbone(tmp_path / "policy-llama-0", score_type="reward", seed=1).save_pretrained(tmp_path / name)
         AutoTokenizer.from_pretrained(tmp_path / "policy-llama-0").save_pretrained(tmp_path / name)
     six = run(2, "models", "six")
-    assert six["loaded"] == [["causal_lm", True], ["causal_lm", True]] + [["score_model", True]] * 4, six["loaded"]
-    assert six["frozen"] == ["cost_model", "reference", "reward_model"] and all(six["changed"].values())
+    # a LoRA policy: its reference is the disabled adapter (no second load), saved merged at the end
+    assert six["loaded"] == [["causal_lm", True]] + [["score_model", True]] * 4, six["loaded"]
+    assert six["frozen"] == ["cost_model", "reward_model"] and all(six["changed"].values())
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "six" / "policy")
+    assert not any("lora" in k for k in merged.state_dict()) and six["saved_policy_matches"]
+    assert six["critic_ok"]  # the LoRA critics, saved from their gathered state (base + adapter)
 
     straight = run(3, "fresh", "straight")
     from safetensors.torch import load_file

@@ -337,6 +337,18 @@ def test_lora_backbone_trains_adapter_and_head_and_round_trips(tmp_path, tok):
         load_backbone(tmp_path / "lora", dtype=None).layers[0].self_attn.q_proj.weight,
         lm.model.layers[0].self_attn.q_proj.weight,
     )
+    # from a state dict the caller gathered (ZeRO-3 / FSDP final saves): the same checkpoint
+    model.save_pretrained(tmp_path / "lora_gathered", state_dict=model.state_dict())
+    gathered = ScoreModel.from_pretrained(tmp_path / "lora_gathered").eval()
+    assert gathered.is_lora
+    with torch.no_grad():
+        torch.testing.assert_close(
+            gathered(input_ids=ids, attention_mask=mask).end_scores, ref, atol=1e-5, rtol=0
+        )
+    torch.testing.assert_close(
+        load_backbone(tmp_path / "lora_gathered", dtype=None).layers[0].self_attn.q_proj.weight,
+        lm.model.layers[0].self_attn.q_proj.weight,
+    )
     # adapter only, base re-read from the SFT dir
     model.save_pretrained(tmp_path / "lora_small", save_base=False)
     assert not os.path.exists(tmp_path / "lora_small" / "config.json")

@@ -48,11 +48,16 @@ def save_policy(model: nn.Module, tokenizer, out: str | os.PathLike, *, template
     model = unwrap_model(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if state_dict is not None and is_peft_model(model):
-        raise ValueError("save_policy(state_dict=...) of a LoRA policy trained sharded is not supported yet: "
-                         "train LoRA policies under ddp/zero2, or save the adapter from the checkpoint")
     with atomic_files(out) as tmp:
-        if state_dict is not None:
+        if state_dict is not None and is_peft_model(model):
+            from saferlhf.models.loading import peft_merged_weights
+
+            if merge_lora:  # merged from the gathered values: the live layers hold only shards
+                model.get_base_model().save_pretrained(tmp, safe_serialization=True,
+                                                       state_dict=peft_merged_weights(model, state_dict))
+            else:  # the adapter alone, as for an unsharded LoRA policy
+                model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        elif state_dict is not None:
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         elif is_peft_model(model) and merge_lora:
             import copy

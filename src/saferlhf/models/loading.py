@@ -179,6 +179,45 @@ def _clean_key(key: str, adapter: str, merged: bool) -> str | None:
     return key.replace(".base_layer.", ".")
 
 
+def peft_base_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The frozen base weights, under the plain model's names, of a peft model's full
+    ``state_dict`` given by the caller (e.g. gathered from ZeRO-3 / FSDP shards): the adapter
+    weights dropped, ``base_layer`` names folded back."""
+    if not is_peft_model(model):
+        raise TypeError("not a peft model")
+    adapter = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
+    prefix = "base_model.model."
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        nk = _clean_key(k[len(prefix):] if k.startswith(prefix) else k, adapter, False)
+        if nk is not None:
+            out[nk] = v.detach().to("cpu", copy=True)
+    return out
+
+
+def peft_merged_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The merged weights, under the plain model's names, of a LoRA peft model's full
+    ``state_dict`` given by the caller (gathered from ZeRO-3 / FSDP shards, where the live
+    modules hold only shards and cannot ``merge_and_unload``): for every LoRA layer of the
+    active adapter, W + scaling · B A (transposed for fan-in-fan-out layers such as GPT-2's
+    Conv1D), the scaling read from the live layer (it carries rank and alpha patterns, rsLoRA)."""
+    adapter = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
+    out = peft_base_weights(model, state_dict)
+    prefix = "base_model.model."
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not isinstance(lora_a, nn.ModuleDict) or adapter not in lora_a or not hasattr(module, "base_layer"):
+            continue
+        key = (name[len(prefix):] if name.startswith(prefix) else name) + ".weight"
+        a = state_dict[f"{name}.lora_A.{adapter}.weight"].float()
+        b = state_dict[f"{name}.lora_B.{adapter}.weight"].float()
+        delta = (b @ a) * module.scaling[adapter]
+        if getattr(module, "fan_in_fan_out", False):
+            delta = delta.T
+        out[key] = (out[key].float() + delta.to(out[key].device)).to(out[key].dtype)
+    return out
+
+
 def peft_clean_state_dict(
     model: nn.Module, *, merged: bool, to_cpu: bool = True
 ) -> dict[str, torch.Tensor]:

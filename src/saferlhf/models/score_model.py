@@ -75,6 +75,7 @@ from .loading import (
     is_checkpointing,
     is_peft_model,
     load_backbone,
+    peft_base_weights,
     peft_clean_state_dict,
     quiet_transformers,
     set_gradient_checkpointing,
@@ -561,7 +562,8 @@ class ScoreModel(nn.Module):
 
         ``state_dict``: the full model state dict (``backbone.*``, ``score_head.*``,
         ``normalizer.*``) gathered by the caller, e.g. ``accelerator.get_state_dict(model)``
-        under ZeRO-3 / FSDP (not for peft backbones). Only ``is_main_process`` writes.
+        under ZeRO-3 / FSDP; a LoRA backbone's is written as base weights plus the adapter.
+        Only ``is_main_process`` writes.
         """
         from safetensors.torch import save_file
 
@@ -575,10 +577,6 @@ class ScoreModel(nn.Module):
         head_sd = self.head_state_dict()
 
         if state_dict is not None:
-            if self.is_lora:
-                raise ValueError(
-                    "save_pretrained(state_dict=...) is not supported for a LoRA backbone"
-                )
             bb_sd = {
                 k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")
             }
@@ -587,8 +585,17 @@ class ScoreModel(nn.Module):
                 for k, v in state_dict.items()
                 if not k.startswith("backbone.")
             }
-            inner.save_pretrained(out, state_dict=bb_sd, max_shard_size=max_shard_size)
-            cfg.lora = None
+            if self.is_lora:  # base weights and the adapter, both from the given (gathered) values
+                if merge_lora:
+                    raise ValueError("save_pretrained(state_dict=..., merge_lora=True) is not supported: "
+                                     "save the adapter (merge_lora=False) and merge when loading")
+                inner.save_pretrained(out, state_dict=peft_base_weights(self.backbone, bb_sd),
+                                      max_shard_size=max_shard_size)
+                self.backbone.save_pretrained(os.path.join(out, ADAPTER_DIR), state_dict=bb_sd)
+                cfg.lora = {"adapter_dir": ADAPTER_DIR, "base": "."}
+            else:
+                inner.save_pretrained(out, state_dict=bb_sd, max_shard_size=max_shard_size)
+                cfg.lora = None
         elif self.is_lora and merge_lora:
             inner.save_pretrained(
                 out,
