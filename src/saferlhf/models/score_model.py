@@ -577,25 +577,13 @@ class ScoreModel(nn.Module):
         head_sd = self.head_state_dict()
 
         if state_dict is not None:
-            bb_sd = {
-                k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")
-            }
             head_sd = {
                 k: v.detach().cpu().contiguous()
                 for k, v in state_dict.items()
                 if not k.startswith("backbone.")
             }
-            if self.is_lora:  # base weights and the adapter, both from the given (gathered) values
-                if merge_lora:
-                    raise ValueError("save_pretrained(state_dict=..., merge_lora=True) is not supported: "
-                                     "save the adapter (merge_lora=False) and merge when loading")
-                inner.save_pretrained(out, state_dict=peft_base_weights(self.backbone, bb_sd),
-                                      max_shard_size=max_shard_size)
-                self.backbone.save_pretrained(os.path.join(out, ADAPTER_DIR), state_dict=bb_sd)
-                cfg.lora = {"adapter_dir": ADAPTER_DIR, "base": "."}
-            else:
-                inner.save_pretrained(out, state_dict=bb_sd, max_shard_size=max_shard_size)
-                cfg.lora = None
+            cfg.lora = self._save_backbone_state(out, state_dict, merge_lora=merge_lora,
+                                                 max_shard_size=max_shard_size)
         elif self.is_lora and merge_lora:
             inner.save_pretrained(
                 out,
@@ -630,6 +618,22 @@ class ScoreModel(nn.Module):
             json.dump(cfg.to_dict(), f, indent=2)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
+
+    def _save_backbone_state(self, out: str, state_dict: dict[str, torch.Tensor], *, merge_lora: bool,
+                             max_shard_size: int | str) -> dict[str, str] | None:
+        """Write the backbone from a gathered full ``state_dict``; a LoRA backbone as base
+        weights plus its adapter (both from the given values). Returns ``score_config.lora``."""
+        bb_sd = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+        inner = self._inner_backbone()
+        if not self.is_lora:
+            inner.save_pretrained(out, state_dict=bb_sd, max_shard_size=max_shard_size)
+            return None
+        if merge_lora:
+            raise ValueError("save_pretrained(state_dict=..., merge_lora=True) is not supported: "
+                             "save the adapter (merge_lora=False) and merge when loading")
+        inner.save_pretrained(out, state_dict=peft_base_weights(self.backbone, bb_sd), max_shard_size=max_shard_size)
+        self.backbone.save_pretrained(os.path.join(out, ADAPTER_DIR), state_dict=bb_sd)
+        return {"adapter_dir": ADAPTER_DIR, "base": "."}
 
     @classmethod
     def from_pretrained(
