@@ -320,35 +320,26 @@ def test_lora_backbone_trains_adapter_and_head_and_round_trips(tmp_path, tok):
     model.eval()
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask).end_scores
-    # unmerged: base + adapter/
+    # unmerged: base + adapter/, from the live model, or from a state dict the caller gathered
+    # (ZeRO-3 / FSDP final saves): the same checkpoint either way
     model.save_pretrained(tmp_path / "lora")
-    assert os.path.isfile(tmp_path / "lora" / "adapter" / "adapter_config.json")
+    model.save_pretrained(tmp_path / "lora_gathered", state_dict=model.state_dict())
     base_sd = peft_clean_state_dict(model.backbone, merged=False)
     assert not any("lora_" in k or "base_layer" in k for k in base_sd)
-    loaded = ScoreModel.from_pretrained(tmp_path / "lora").eval()
-    assert loaded.is_lora
-    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == trainable
-    with torch.no_grad():
+    for name in ("lora", "lora_gathered"):
+        assert os.path.isfile(tmp_path / name / "adapter" / "adapter_config.json")
+        loaded = ScoreModel.from_pretrained(tmp_path / name).eval()
+        assert loaded.is_lora
+        assert {n for n, p in loaded.named_parameters() if p.requires_grad} == trainable
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded(input_ids=ids, attention_mask=mask).end_scores, ref, atol=1e-5, rtol=0
+            )
+        # the saved base is the untouched SFT backbone
         torch.testing.assert_close(
-            loaded(input_ids=ids, attention_mask=mask).end_scores, ref, atol=1e-5, rtol=0
+            load_backbone(tmp_path / name, dtype=None).layers[0].self_attn.q_proj.weight,
+            lm.model.layers[0].self_attn.q_proj.weight,
         )
-    # the saved base is the untouched SFT backbone
-    torch.testing.assert_close(
-        load_backbone(tmp_path / "lora", dtype=None).layers[0].self_attn.q_proj.weight,
-        lm.model.layers[0].self_attn.q_proj.weight,
-    )
-    # from a state dict the caller gathered (ZeRO-3 / FSDP final saves): the same checkpoint
-    model.save_pretrained(tmp_path / "lora_gathered", state_dict=model.state_dict())
-    gathered = ScoreModel.from_pretrained(tmp_path / "lora_gathered").eval()
-    assert gathered.is_lora
-    with torch.no_grad():
-        torch.testing.assert_close(
-            gathered(input_ids=ids, attention_mask=mask).end_scores, ref, atol=1e-5, rtol=0
-        )
-    torch.testing.assert_close(
-        load_backbone(tmp_path / "lora_gathered", dtype=None).layers[0].self_attn.q_proj.weight,
-        lm.model.layers[0].self_attn.q_proj.weight,
-    )
     # adapter only, base re-read from the SFT dir
     model.save_pretrained(tmp_path / "lora_small", save_base=False)
     assert not os.path.exists(tmp_path / "lora_small" / "config.json")

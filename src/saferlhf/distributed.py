@@ -333,12 +333,14 @@ def resolve_hidden_size_auto(ds_config: dict[str, Any], model: Any, role: str = 
     return ds_config
 
 
-def _select_plugin_for(accelerator: Any, plugins: Mapping[str, Any], role: str, model: Any) -> None:
-    """Make ``role``'s DeepSpeed plugin the active one, its ``auto`` sizes resolved for ``model``."""
-    accelerator.state.select_deepspeed_plugin(role)
-    ds = getattr(getattr(plugins[role], "hf_ds_config", None), "config", None)
+def _select_plugin_for(accelerator: Any, role: str, model: Any) -> None:
+    """Make ``role``'s DeepSpeed plugin the active one, its ``auto`` sizes resolved for ``model``
+    (anything with a ``config``) first, since selecting registers the config with transformers."""
+    plugin = accelerator.state.deepspeed_plugins[role]
+    ds = getattr(getattr(plugin, "hf_ds_config", None), "config", None)
     if isinstance(ds, dict):
         resolve_hidden_size_auto(ds, model, role)
+    accelerator.state.select_deepspeed_plugin(role)
 
 
 def _zero3_plugin(accelerator: Any, role: str) -> Any:
@@ -355,7 +357,7 @@ def loads_partitioned(accelerator: Any) -> bool:
 
 
 @contextlib.contextmanager
-def partitioned_loading(accelerator: Any, role: str, model_dir: str | os.PathLike | None = None) -> Iterator[bool]:
+def partitioned_loading(accelerator: Any, role: str, model_dir: str | os.PathLike) -> Iterator[bool]:
     """While ``role``'s model is loaded inside this context, under a ZeRO-3 run: its plugin is
     registered with transformers, so ``from_pretrained`` builds the model under
     ``deepspeed.zero.Init`` and each rank holds only its shard from the start (a 7B model is
@@ -364,20 +366,15 @@ def partitioned_loading(accelerator: Any, role: str, model_dir: str | os.PathLik
     zero.Init reads the config, so its hidden-size ``auto`` entries are resolved first from
     ``model_dir``'s config. Afterwards the registration is removed again: nothing else loads
     partitioned by accident (:func:`prepare_models` selects each plugin anew)."""
-    plugin = _zero3_plugin(accelerator, role)
-    if plugin is None:
+    if _zero3_plugin(accelerator, role) is None:
         yield False
         return
     from types import SimpleNamespace
 
+    from transformers import AutoConfig
     from transformers.integrations import unset_hf_deepspeed_config
 
-    ds = getattr(getattr(plugin, "hf_ds_config", None), "config", None)
-    if isinstance(ds, dict) and model_dir is not None:
-        from transformers import AutoConfig
-
-        resolve_hidden_size_auto(ds, SimpleNamespace(config=AutoConfig.from_pretrained(model_dir)), role)
-    accelerator.state.select_deepspeed_plugin(role)
+    _select_plugin_for(accelerator, role, SimpleNamespace(config=AutoConfig.from_pretrained(model_dir)))
     try:
         yield True
     finally:
@@ -411,7 +408,7 @@ def prepare_models(accelerator: Any, models: Mapping[str, tuple[Any, Any]]) -> d
             if plugins:
                 if role not in plugins:
                     raise KeyError(f"prepare_models: no DeepSpeed plugin for {role!r} (plugins: {', '.join(plugins)})")
-                _select_plugin_for(accelerator, plugins, role, model)
+                _select_plugin_for(accelerator, role, model)
             if opt is None:
                 out[role] = (accelerator.prepare(model), None)
             else:
@@ -448,9 +445,9 @@ def shard_frozen_models(accelerator: Any, models: Mapping[str, Any]) -> dict[str
     plugins = getattr(accelerator.state, "deepspeed_plugins", None) or {}
     engines: dict[str, Any] = {}
     for role, module in models.items():
-        if module is None or role not in plugins or int(plugins[role].zero_stage) != 3:
+        if module is None or _zero3_plugin(accelerator, role) is None:
             continue
-        _select_plugin_for(accelerator, plugins, role, module)
+        _select_plugin_for(accelerator, role, module)
         engine = accelerator.prepare(module)
         if engine in accelerator._models:
             accelerator._models.remove(engine)

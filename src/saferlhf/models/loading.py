@@ -179,17 +179,27 @@ def _clean_key(key: str, adapter: str, merged: bool) -> str | None:
     return key.replace(".base_layer.", ".")
 
 
+_PEFT_PREFIX = "base_model.model."  # a PeftModel's state-dict names of the wrapped model
+
+
+def _active_adapter(model: nn.Module) -> str:
+    return model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
+
+
+def _unprefixed(key: str) -> str:
+    return key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+
+
 def peft_base_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The frozen base weights, under the plain model's names, of a peft model's full
     ``state_dict`` given by the caller (e.g. gathered from ZeRO-3 / FSDP shards): the adapter
     weights dropped, ``base_layer`` names folded back."""
     if not is_peft_model(model):
         raise TypeError("not a peft model")
-    adapter = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
-    prefix = "base_model.model."
+    adapter = _active_adapter(model)
     out: dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
-        nk = _clean_key(k[len(prefix):] if k.startswith(prefix) else k, adapter, False)
+        nk = _clean_key(_unprefixed(k), adapter, False)
         if nk is not None:
             out[nk] = v.detach().to("cpu", copy=True)
     return out
@@ -201,14 +211,13 @@ def peft_merged_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
     modules hold only shards and cannot ``merge_and_unload``): for every LoRA layer of the
     active adapter, W + scaling · B A (transposed for fan-in-fan-out layers such as GPT-2's
     Conv1D), the scaling read from the live layer (it carries rank and alpha patterns, rsLoRA)."""
-    adapter = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
+    adapter = _active_adapter(model)
     out = peft_base_weights(model, state_dict)
-    prefix = "base_model.model."
     for name, module in model.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if not isinstance(lora_a, nn.ModuleDict) or adapter not in lora_a or not hasattr(module, "base_layer"):
             continue
-        key = (name[len(prefix):] if name.startswith(prefix) else name) + ".weight"
+        key = _unprefixed(name) + ".weight"
         a = state_dict[f"{name}.lora_A.{adapter}.weight"].float()
         b = state_dict[f"{name}.lora_B.{adapter}.weight"].float()
         delta = (b @ a) * module.scaling[adapter]
@@ -231,9 +240,7 @@ def peft_clean_state_dict(
     if not is_peft_model(model):
         raise TypeError("not a peft model")
     base = model.get_base_model()
-    adapter = (
-        model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
-    )
+    adapter = _active_adapter(model)
 
     def collect() -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
