@@ -186,8 +186,15 @@ def _active_adapter(model: nn.Module) -> str:
     return model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
 
 
-def _unprefixed(key: str) -> str:
-    return key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+def _plain_state_dict(state_dict: dict[str, torch.Tensor], adapter: str, merged: bool,
+                      to_cpu: bool) -> dict[str, torch.Tensor]:
+    """A peft base model's ``state_dict`` under the plain model's names (see :func:`_clean_key`)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        nk = _clean_key(k, adapter, merged)
+        if nk is not None:
+            out[nk] = v.detach().to("cpu", copy=True) if to_cpu else v.detach()
+    return out
 
 
 def peft_base_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,13 +203,8 @@ def peft_base_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
     weights dropped, ``base_layer`` names folded back."""
     if not is_peft_model(model):
         raise TypeError("not a peft model")
-    adapter = _active_adapter(model)
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state_dict.items():
-        nk = _clean_key(_unprefixed(k), adapter, False)
-        if nk is not None:
-            out[nk] = v.detach().to("cpu", copy=True)
-    return out
+    base_sd = {k.removeprefix(_PEFT_PREFIX): v for k, v in state_dict.items()}
+    return _plain_state_dict(base_sd, _active_adapter(model), merged=False, to_cpu=True)
 
 
 def peft_merged_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -217,7 +219,7 @@ def peft_merged_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
         lora_a = getattr(module, "lora_A", None)
         if not isinstance(lora_a, nn.ModuleDict) or adapter not in lora_a or not hasattr(module, "base_layer"):
             continue
-        key = _unprefixed(name) + ".weight"
+        key = name.removeprefix(_PEFT_PREFIX) + ".weight"
         a = state_dict[f"{name}.lora_A.{adapter}.weight"].float()
         b = state_dict[f"{name}.lora_B.{adapter}.weight"].float()
         delta = (b @ a) * module.scaling[adapter]
@@ -243,12 +245,7 @@ def peft_clean_state_dict(
     adapter = _active_adapter(model)
 
     def collect() -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for k, v in base.state_dict().items():
-            nk = _clean_key(k, adapter, merged)
-            if nk is not None:
-                out[nk] = v.detach().to("cpu", copy=True) if (to_cpu or merged) else v.detach()
-        return out
+        return _plain_state_dict(base.state_dict(), adapter, merged, to_cpu=to_cpu or merged)
 
     if not merged:
         return collect()
